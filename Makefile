@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data demo test lint format bench clean
+
+setup: $(STAMP)
+
+# torch 2.13.0 (CPU) goes in first: the project's `torch>=2.8` is then already satisfied.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+data: setup
+	$(PY) tools/prepare_data.py
+
+demo: data
+	$(PY) tools/demo.py
+
+test: data
+	$(PY) -m pytest -q --durations=20
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean:
+	rm -rf bundles/*/models bundles/*/eval .pytest_cache

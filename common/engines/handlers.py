@@ -1,0 +1,34 @@
+"""Ignite handlers used by the bundles' train and evaluate configs."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from ignite.contrib.handlers.tqdm_logger import ProgressBar as _IgniteProgressBar
+from ignite.engine import Engine
+from monai.handlers import from_engine
+
+
+def is_rank0() -> bool:
+    """True outside distributed runs and on rank 0 of a distributed one."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ProgressBar:
+    """A tqdm progress bar over an engine's iterations, showing the loss when the output has one.
+
+    Written as a MONAI-style handler (``attach(engine)``) so it can be listed in a config's handlers.
+    Silent on ranks other than 0.
+    """
+
+    def __init__(self, output_key: str | None = "loss", persist: bool = False) -> None:
+        self.output_key = output_key
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        transform = None
+        if self.output_key:
+            pick = from_engine([self.output_key], first=True)
+            transform = lambda output: {self.output_key: float(pick(output)[0])}  # noqa: E731
+        _IgniteProgressBar(persist=self.persist).attach(engine, output_transform=transform)

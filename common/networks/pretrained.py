@@ -1,0 +1,116 @@
+"""Saving and loading pre-trained encoder files.
+
+An *encoder file* is what every pre-training bundle writes and every downstream bundle reads: a
+``torch.save`` of ``{"state_dict": {name: tensor}, "meta": {str: int | float | str | bool}}`` holding only
+tensors and plain values, so it loads with ``torch.load(..., weights_only=True)``. The state-dict keys are
+those of the bare encoder module (for Swin: MONAI's ``SwinTransformer``, the ``swinViT`` of ``SwinUNETR``).
+
+Checkpoints written by other tools often carry wrapper prefixes (``module.`` from DDP, ``swinViT.``,
+``encoder.``, ``backbone.``, ``student.``); :func:`map_encoder_keys` strips the longest such chain so that
+they load as well.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+KNOWN_PREFIXES = (
+    "module.",
+    "model.",
+    "student.",
+    "teacher.",
+    "backbone.",
+    "encoder.",
+    "swinViT.",
+    "swin_vit.",
+)
+
+
+class EncoderLoadError(RuntimeError):
+    """An encoder file does not fit the network it is loaded into."""
+
+
+def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta) -> Path:
+    """Write ``encoder``'s weights and ``meta`` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Return ``(state_dict, meta)`` of an encoder file or of a plain/bundle checkpoint.
+
+    Accepts the collection's encoder files, MONAI bundle checkpoints (``{"network": state_dict, ...}`` or a
+    bare state dict) and the common ``{"state_dict": ...}`` / ``{"model": ...}`` layouts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained encoder file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise EncoderLoadError(f"{path}: not a readable PyTorch weights file ({err})") from err
+    meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
+    for key in ("state_dict", "network", "model", "teacher", "student"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EncoderLoadError(f"{path}: no state dict of tensors found (top-level keys: {list(obj)[:10]})")
+    return dict(obj), dict(meta)
+
+
+def map_encoder_keys(state_dict: Mapping[str, torch.Tensor], target_keys: Iterable[str]) -> dict:
+    """Strip wrapper prefixes from ``state_dict`` keys so that they match ``target_keys``.
+
+    Each key loses leading prefixes from :data:`KNOWN_PREFIXES` until it names a target key; keys that
+    never match are kept as they are (they are reported as unexpected by :func:`load_encoder`).
+    """
+    targets = set(target_keys)
+    mapped = {}
+    for key, value in state_dict.items():
+        name = key
+        while name not in targets and name.startswith(KNOWN_PREFIXES):
+            name = name.split(".", 1)[1]
+        mapped[name if name in targets else key] = value
+    return mapped
+
+
+def load_encoder(encoder: nn.Module, path: str | os.PathLike, allow_missing: Iterable[str] = ()) -> dict:
+    """Load the encoder file at ``path`` into ``encoder`` with a strict key and shape check.
+
+    Raises :class:`EncoderLoadError` naming the file and listing missing keys, unexpected keys and shape
+    mismatches. Keys listed in ``allow_missing`` (exact names) may be absent. Returns the file's meta.
+    """
+    state, meta = read_encoder_file(path)
+    own = encoder.state_dict()
+    state = map_encoder_keys(state, own)
+    missing = sorted(set(own) - set(state) - set(allow_missing))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: encoder weights do not fit {type(encoder).__name__} (meta: {meta})"]
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                lines.append(f"  {title} keys: {shown}")
+        raise EncoderLoadError("\n".join(lines))
+    encoder.load_state_dict(state, strict=not allow_missing)
+    return meta

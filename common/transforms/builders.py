@@ -1,0 +1,111 @@
+"""Dimension-agnostic transform pipelines shared by every bundle.
+
+One builder serves 3D volumes (CT, MRI) and 2D images (radiographs): ``spatial_dims`` selects the
+geometry, and :class:`~common.transforms.channels.AdaptChannelsd` maps grayscale, RGB or MONOCHROME1 inputs
+to the network's input channels. Deterministic transforms come first, so a ``CacheDataset`` caches them and
+re-runs only the random ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai import transforms as mt
+
+from .channels import AdaptChannelsd
+
+INTENSITY_MODES = ("ct", "mr", "minmax")
+STAGES = ("train", "val", "infer")
+
+
+def _as_tuple(value, spatial_dims: int) -> tuple:
+    values = tuple(value) if isinstance(value, Sequence) else (value,) * spatial_dims
+    if len(values) != spatial_dims:
+        raise ValueError(f"expected {spatial_dims} values, got {values}")
+    return values
+
+
+def intensity_transform(key: str, mode: str, ct_window: Sequence[float] = (-175.0, 250.0)):
+    """Intensity normalisation: ``ct`` clips a HU window to [0, 1], ``mr`` z-scores non-zero voxels,
+    ``minmax`` rescales to [0, 1] (radiographs, photographs)."""
+    if mode == "ct":
+        return mt.ScaleIntensityRanged(
+            key, a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0, clip=True
+        )
+    if mode == "mr":
+        return mt.NormalizeIntensityd(key, nonzero=True, channel_wise=True)
+    if mode == "minmax":
+        return mt.ScaleIntensityd(key, minv=0.0, maxv=1.0)
+    raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
+
+
+def load_transforms(
+    keys: Sequence[str],
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    pixdim: float | Sequence[float] | None = None,
+    intensity: str = "ct",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+    image_key: str = "image",
+) -> list:
+    """Load channel-first, adapt channels, orient (RAS, 3D only), resample to ``pixdim``, normalise."""
+    keys = list(keys)
+    out = [
+        mt.LoadImaged(keys, image_only=True, ensure_channel_first=True),
+        AdaptChannelsd(image_key, out_channels=in_channels),
+    ]
+    if spatial_dims == 3:
+        out.append(mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if pixdim is not None:
+        modes = ["bilinear" if k == image_key else "nearest" for k in keys]
+        out.append(mt.Spacingd(keys, pixdim=_as_tuple(pixdim, spatial_dims), mode=modes))
+    out.append(intensity_transform(image_key, intensity, ct_window))
+    return out
+
+
+def segmentation_transforms(
+    stage: str,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    pixdim: float | Sequence[float] | None = None,
+    intensity: str = "ct",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+    roi_size: int | Sequence[int] = 64,
+    num_samples: int = 2,
+    pos_neg: Sequence[float] = (2.0, 1.0),
+    image_key: str = "image",
+    label_key: str = "label",
+) -> mt.Compose:
+    """The segmentation pipeline of one ``stage``: ``train`` (random foreground/background crops of
+    ``roi_size``, flips, 90-degree rotations, intensity jitter), ``val`` (whole volume cropped to the body),
+    or ``infer`` (image only, invertible so predictions go back to the input's space)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    keys = [image_key] if stage == "infer" else [image_key, label_key]
+    out = load_transforms(keys, spatial_dims, in_channels, pixdim, intensity, ct_window, image_key)
+    if stage == "infer":
+        return mt.Compose(out)
+    roi = _as_tuple(roi_size, spatial_dims)
+    out += [
+        mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True),
+        mt.EnsureTyped(keys, track_meta=stage == "val"),
+    ]
+    if stage == "val":
+        return mt.Compose(out)
+    axes = list(range(spatial_dims))
+    out += [
+        mt.SpatialPadd(keys, spatial_size=roi),
+        mt.RandCropByPosNegLabeld(
+            keys,
+            label_key=label_key,
+            spatial_size=roi,
+            pos=pos_neg[0],
+            neg=pos_neg[1],
+            num_samples=num_samples,
+        ),
+        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in axes],
+        mt.RandRotate90d(keys, prob=0.3, max_k=3, spatial_axes=(0, 1)),
+        mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
+    ]
+    return mt.Compose(out)
