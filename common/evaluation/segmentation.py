@@ -37,7 +37,7 @@ def trivial_dice(label: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def format_dice_table(class_names: Sequence[str], dice: np.ndarray, baseline: np.ndarray) -> str:
-    """A Markdown table of per-class Dice next to the trivial baseline, with the mean over labelled classes."""
+    """Markdown table: per-class Dice beside the trivial baseline, and the mean over labelled classes."""
     lines = ["| class | Dice | trivial predictor |", "|---|---|---|"]
     for name, d, b in zip(class_names, dice, baseline, strict=True):
         if not (np.isnan(d) and np.isnan(b)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from monai.networks.nets import UNet, SwinUNETR
+from monai.networks.nets import SwinUNETR, UNet
 from torch import nn
 
 from .pretrained import load_encoder
@@ -34,7 +34,7 @@ def build_segmenter(
         arch: ``"swinunetr"`` (MONAI SwinUNETR) or ``"unet"`` (MONAI residual U-Net, channels
             ``feature_size * (1, 2, 4, 8, 16)``).
         feature_size: Swin embedding dimension (a multiple of 12) or the U-Net's first-level channels.
-        pretrained_encoder: encoder file written by a pre-training bundle (see ``common.networks.pretrained``).
+        pretrained_encoder: encoder file of a pre-training bundle (see ``common.networks.pretrained``).
         use_checkpoint: gradient checkpointing in the Swin blocks (saves GPU memory; keep it off to export).
     """
     if arch not in ARCHITECTURES:
