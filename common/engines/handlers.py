@@ -27,8 +27,8 @@ class ProgressBar:
     def attach(self, engine: Engine) -> None:
         if not is_rank0():
             return
-        transform = None
-        if self.output_key:
-            pick = from_engine([self.output_key], first=True)
-            transform = lambda output: {self.output_key: float(pick(output)[0])}  # noqa: E731
+        transform = self._loss_of if self.output_key else None
         _IgniteProgressBar(persist=self.persist).attach(engine, output_transform=transform)
+
+    def _loss_of(self, output) -> dict[str, float]:
+        return {self.output_key: float(from_engine([self.output_key], first=True)(output))}
