@@ -26,42 +26,36 @@ def test_monochrome1_is_inverted_from_meta():
     np.testing.assert_allclose(out[0, 0], [10.0, 0.0])
 
 
-def _save(array, affine, path):
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-    return str(path)
-
-
-def test_3d_pipeline_crops_and_normalises(tmp_path):
-    rng = np.random.default_rng(0)
-    image = rng.normal(0, 300, size=(40, 36, 20)).astype(np.float32)
-    label = np.zeros(image.shape, dtype=np.uint8)
-    label[10:20, 10:20, 5:10] = 2
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    item = {
-        "image": _save(image, affine, tmp_path / "i.nii.gz"),
-        "label": _save(label, affine, tmp_path / "l.nii.gz"),
+def _subject_a(prepared_data):
+    return {
+        "image": str(prepared_data / "ct_multiorgan" / "totalseg_A_ct.nii.gz"),
+        "label": str(prepared_data / "ct_multiorgan" / "totalseg_A_label.nii.gz"),
     }
-    train = segmentation_transforms("train", pixdim=3.0, roi_size=32, num_samples=2)
-    samples = train(item)
+
+
+def test_3d_pipeline_on_real_ct(prepared_data):
+    item = _subject_a(prepared_data)  # 122 x 101 x 30 voxels of 3 mm
+    samples = segmentation_transforms("train", pixdim=3.0, roi_size=64, num_samples=2)(item)
     assert len(samples) == 2
-    assert samples[0]["image"].shape == (1, 32, 32, 32) and samples[0]["label"].shape == (1, 32, 32, 32)
+    assert samples[0]["image"].shape == (1, 64, 64, 64) and samples[0]["label"].shape == (1, 64, 64, 64)
     # HU window to [0, 1], then intensity jitter of at most 10 % scale and 0.1 shift
     assert -0.21 <= float(samples[0]["image"].min()) and float(samples[0]["image"].max()) <= 1.21
     val = segmentation_transforms("val", pixdim=3.0)(item)
-    assert set(np.unique(val["label"].numpy())) == {0, 2}
+    assert {1, 2} <= set(np.unique(val["label"].numpy()).tolist())
+    assert all(n <= m for n, m in zip(val["image"].shape[1:], (122, 101, 30), strict=True))  # body crop
     infer = segmentation_transforms("infer", pixdim=[6.0, 6.0, 6.0])({"image": item["image"]})
-    assert infer["image"].shape == (1, 20, 18, 10)
+    assert infer["image"].shape == (1, 62, 51, 15)  # 122 x 101 x 30 voxels of 3 mm at 6 mm
 
 
-def test_2d_rgb_image_goes_through_the_same_builder(tmp_path):
+def test_2d_rgb_image_goes_through_the_same_builder(prepared_data, tmp_path):
     from PIL import Image
 
-    rgb = (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "photo.png")
-    label = np.zeros((48, 40), dtype=np.uint8)
-    label[10:30, 10:30] = 1
-    Image.fromarray(label).save(tmp_path / "mask.png")
-    item = {"image": str(tmp_path / "photo.png"), "label": str(tmp_path / "mask.png")}
+    ct = nib.load(_subject_a(prepared_data)["image"]).get_fdata()[:, :, 15]
+    label = np.asanyarray(nib.load(_subject_a(prepared_data)["label"]).dataobj)[:, :, 15]
+    gray = np.clip((ct + 175) / 425 * 255, 0, 255).astype(np.uint8)
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "slice_rgb.png")
+    Image.fromarray(label.astype(np.uint8)).save(tmp_path / "slice_label.png")
+    item = {"image": str(tmp_path / "slice_rgb.png"), "label": str(tmp_path / "slice_label.png")}
     pipeline = segmentation_transforms(
         "train", spatial_dims=2, in_channels=1, intensity="minmax", roi_size=32
     )
@@ -69,3 +63,4 @@ def test_2d_rgb_image_goes_through_the_same_builder(tmp_path):
     assert sample["image"].shape == (1, 32, 32) and sample["label"].shape == (1, 32, 32)
     three = segmentation_transforms("val", spatial_dims=2, in_channels=3, intensity="minmax")(item)
     assert three["image"].shape[0] == 3
+    np.testing.assert_allclose(three["image"][0], three["image"][2])

