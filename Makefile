@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint format bench clean
+.PHONY: setup data monailabel-env demo test lint format bench clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 data: setup
 	$(PY) tools/prepare_data.py
 
+# MONAI Label 0.8.5 cannot import beside torch 2.13.0 CPU: it gets its own venv (8.2 GB, ~4 min once).
+monailabel-env:
+	bash tools/monailabel_env.sh
+
 demo: data
 	$(PY) tools/demo.py
 
-test: data
+test: data monailabel-env
 	$(PY) -m pytest -q --durations=20
 
 lint: setup

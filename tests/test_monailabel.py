@@ -6,13 +6,11 @@ own environment (``bash tools/monailabel_env.sh``) as a subprocess: ``tools/mona
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import monai
 import pytest
 from monai.bundle import ConfigWorkflow
 
-import common
 from common.bundle import REPO_ROOT
 
 VENV_PYTHON = REPO_ROOT / ".venv-monailabel" / "bin" / "python"
@@ -27,18 +25,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def first_test_image() -> str:
-    if not DATALIST.is_file():
-        pytest.skip(f"{DATALIST} not found: prepare the data first (`make data`)")
-    items = monai.data.load_decathlon_datalist(DATALIST, True, "test", common.data.dataset_dir())
-    if not items or not Path(items[0]["image"]).is_file():
-        pytest.skip(f"test CT of {DATALIST} not prepared under {common.data.dataset_dir()} (`make data`)")
-    return items[0]["image"]
-
-
 @pytest.mark.slow
-def test_monailabel_bundle_infer_task_segments_the_test_ct(tmp_path):
-    image = first_test_image()
+def test_monailabel_bundle_infer_task_segments_the_test_ct(prepared_data, tmp_path):
+    image = monai.data.load_decathlon_datalist(DATALIST, True, "test", prepared_data)[0]["image"]
     bundle = tmp_path / BUNDLE.name
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval", "mlruns*"))
     configs = [str(bundle / "configs" / "train.json"), str(SMOKE)]

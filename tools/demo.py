@@ -27,14 +27,15 @@ BUNDLE = "multiorgan_ct_segmentation"
 
 
 def main(
-    max_epochs: int = 60,
+    max_epochs: int = 50,
     train_datalist_key: str = "training_2shot_seed0",
-    feature_size: int = 12,
-    pixdim: float = 3.0,
+    arch: str = "unet",
+    feature_size: int = 16,
+    pixdim: float = 4.0,
     roi: int = 64,
     num_samples: int = 4,
-    learning_rate: float = 1e-3,
-    val_interval: int = 20,
+    learning_rate: float = 2e-3,
+    val_interval: int = 10,
     pretrained_encoder: str | None = None,
 ) -> None:
     """Train, evaluate on the held-out subject, print the per-class Dice table and save the overlay."""
@@ -43,6 +44,7 @@ def main(
     root = Path(bundle_root(BUNDLE))
     configs = root / "configs"
     overrides = {
+        "arch": arch,
         "feature_size": feature_size,
         "pixdim": [pixdim] * 3,
         "roi_size": [roi] * 3,

@@ -39,6 +39,23 @@ def intensity_transform(key: str, mode: str, ct_window: Sequence[float] = (-175.
     raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
 
 
+class Spacingd(mt.Spacingd):
+    """``monai.transforms.Spacingd`` that tolerates non-dict ``<key>_*`` entries.
+
+    MONAI 1.6 updates every ``<key>_*`` entry of the data as a metadata dict after resampling a NIfTI
+    image; MONAI Label puts the input path, a string, in ``image_path``, which then fails with
+    "'str' object has no attribute 'update'". Such entries are set aside during the call.
+    """
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if str(k).startswith(prefixes) and not isinstance(d[k], dict)}
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d
+
+
 def load_transforms(
     keys: Sequence[str],
     spatial_dims: int = 3,
@@ -58,7 +75,7 @@ def load_transforms(
         out.append(mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if pixdim is not None:
         modes = ["bilinear" if k == image_key else "nearest" for k in keys]
-        out.append(mt.Spacingd(keys, pixdim=_as_tuple(pixdim, spatial_dims), mode=modes))
+        out.append(Spacingd(keys, pixdim=_as_tuple(pixdim, spatial_dims), mode=modes))
     out.append(intensity_transform(image_key, intensity, ct_window))
     return out
 
@@ -73,11 +90,14 @@ def segmentation_transforms(
     roi_size: int | Sequence[int] = 64,
     num_samples: int = 2,
     pos_neg: Sequence[float] = (2.0, 1.0),
+    num_classes: int | None = None,
     image_key: str = "image",
     label_key: str = "label",
 ) -> mt.Compose:
     """The segmentation pipeline of one ``stage``: ``train`` (random foreground/background crops of
-    ``roi_size``, flips, 90-degree rotations, intensity jitter), ``val`` (whole volume cropped to the body),
+    ``roi_size``, flips, 90-degree rotations, intensity jitter; with ``num_classes`` the crops are centred
+    on each class equally often, which keeps small organs in view, otherwise on foreground versus
+    background at ``pos_neg``), ``val`` (whole volume cropped to the body),
     or ``infer`` (image only, invertible so predictions go back to the input's space)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
