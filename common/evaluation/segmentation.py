@@ -59,7 +59,8 @@ def save_overlay(
 ) -> Path:
     """Save a PNG with the axial slice of most labelled voxels: image, label overlay, prediction overlay.
 
-    Arrays are (X, Y, Z) in RAS orientation; slices are shown with anterior up.
+    Arrays are (X, Y, Z) in RAS orientation; slices are shown in radiological convention (anterior up,
+    the patient's right on the viewer's left).
     """
     import matplotlib
 
@@ -67,13 +68,14 @@ def save_overlay(
     import matplotlib.pyplot as plt
 
     z = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    radiological = lambda volume: np.fliplr(np.rot90(volume[:, :, z]))  # noqa: E731
     num_classes = int(max(label.max(), pred.max())) + 1
     cmap = plt.get_cmap("tab20", max(num_classes, 2))
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for ax, overlay, name in zip(axes, (None, label, pred), ("CT", "label", "prediction"), strict=True):
-        ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
+        ax.imshow(radiological(image), cmap="gray")
         if overlay is not None:
-            masked = np.ma.masked_equal(np.rot90(overlay[:, :, z]), 0)
+            masked = np.ma.masked_equal(radiological(overlay), 0)
             ax.imshow(masked, cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
         ax.set_title(f"{name} (axial slice {z})")
         ax.axis("off")
