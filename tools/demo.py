@@ -16,10 +16,12 @@ from pathlib import Path
 import fire
 import nibabel as nib
 import numpy as np
-from common.data.prepare import prepare_all
 from monai.bundle import run
+from monai.data import load_decathlon_datalist
 
 from common.bundle import REPO_ROOT, bundle_root, class_names
+from common.data import dataset_dir
+from common.data.prepare import prepare_all
 from common.evaluation import dice_per_class, format_dice_table, save_overlay, trivial_dice
 from common.transforms import segmentation_transforms
 
@@ -64,9 +66,6 @@ def main(
 
     datalist_file = REPO_ROOT / "data_lists" / "multiorgan_ct.json"
     names = class_names(str(datalist_file))
-    from common.data import dataset_dir
-    from monai.data import load_decathlon_datalist
-
     item = load_decathlon_datalist(str(datalist_file), True, "test", str(dataset_dir()))[0]
     sample = segmentation_transforms("val", pixdim=[pixdim] * 3)(item)
     image, label = sample["image"][0].numpy(), sample["label"][0].numpy().astype(np.int64)

@@ -1,0 +1,230 @@
+"""The checks MONAI's model-zoo CI runs on a bundle, run here on every bundle of the collection.
+
+Each ``check_*`` function takes a bundle directory, raises :class:`BundleCheckError` naming the file (and
+the key) at fault, and writes only under the ``work_dir`` it is given. The small-data runs merge the
+bundle's ``configs/smoke.json`` (one tiny epoch on real data) over its configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.utils import BundlePropertyConfig
+
+from common.bundle import REPO_ROOT
+
+REQUIRED_FILES = (
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/smoke.json",
+    "docs/README.md",
+    "LICENSE",
+)
+DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+# verify_net_in_out and the export trace use the metadata's spatial shape with n=2 ("32*n" -> 64).
+SHAPE_FACTOR = 2
+EXPORT_ATOL = 1e-4
+
+
+class BundleCheckError(AssertionError):
+    """A bundle does not meet the model-zoo convention; the message names the file and the key."""
+
+
+def list_bundles(root: Path = REPO_ROOT / "bundles") -> list[Path]:
+    """Every directory under ``bundles/``: one lacking the required files fails, it is not skipped."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def config_path(bundle: Path, name: str) -> str:
+    return str(Path(bundle) / "configs" / name)
+
+
+def smoke_overrides(bundle: Path, config: str | None = None) -> dict:
+    """``smoke.json``'s id-value pairs, restricted to the top-level ids that ``config`` defines."""
+    pairs = ConfigParser.load_config_file(config_path(bundle, "smoke.json"))
+    if config is None:
+        return pairs
+    defined = ConfigParser.load_config_file(config_path(bundle, config))
+    return {k: v for k, v in pairs.items() if k.split("#")[0] in defined}
+
+
+def check_required_files(bundle: Path) -> None:
+    missing = [f for f in REQUIRED_FILES if not (Path(bundle) / f).is_file()]
+    if missing:
+        raise BundleCheckError(f"{bundle}: missing required files {missing}")
+
+
+def check_metadata(bundle: Path, schema: Path = DEFAULT_SCHEMA) -> None:
+    """``monai.bundle.verify_metadata`` against the local copy of MONAI's metadata schema."""
+    if not Path(schema).is_file():
+        raise BundleCheckError(f"metadata schema {schema} not found (pass --schema)")
+    meta_file = config_path(bundle, "metadata.json")
+    try:
+        verify_metadata(meta_file=meta_file, filepath=str(schema), create_dir=False)
+    except ValueError as e:
+        raise BundleCheckError(f"{meta_file}: {e}") from e
+
+
+def _workflow(bundle: Path, workflow_type: str, config_files: list[str], **overrides) -> ConfigWorkflow:
+    """An initialised ConfigWorkflow whose TrainProperties / InferProperties are all present.
+
+    As in the model zoo: every required property, and every optional one the config references, must
+    resolve (``ConfigWorkflow.check_properties``).
+    """
+    workflow = ConfigWorkflow(
+        config_file=config_files,
+        meta_file=config_path(bundle, "metadata.json"),
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    workflow.initialize()
+    try:
+        missing = workflow.check_properties()
+    except KeyError as e:  # a required property whose id is absent from the config
+        raise BundleCheckError(f"{config_files[0]}: {e.args[0]}") from e
+    if missing:
+        ids = {name: workflow.properties[name][BundlePropertyConfig.ID] for name in missing}
+        raise BundleCheckError(f"{config_files[0]}: missing {workflow_type} properties (name: id) {ids}")
+    return workflow
+
+
+def _train_files(bundle: Path) -> list[str]:
+    return [config_path(bundle, "train.json"), config_path(bundle, "smoke.json")]
+
+
+def _train_dirs(work_dir: Path) -> dict:
+    return {"ckpt_dir": str(Path(work_dir) / "models"), "output_dir": str(Path(work_dir) / "eval")}
+
+
+def _infer_overrides(bundle: Path, ckpt: Path | None, work_dir: Path | None = None) -> dict:
+    overrides = smoke_overrides(bundle, "inference.json")
+    if ckpt is not None:
+        overrides["ckpt_path"] = str(ckpt)
+    if work_dir is not None:
+        overrides["output_dir"] = str(Path(work_dir) / "infer")
+    return overrides
+
+
+def train_smoke(bundle: Path, work_dir: Path) -> Path:
+    """``ConfigWorkflow`` training with the smoke overrides; returns the checkpoint it wrote."""
+    workflow = _workflow(bundle, "train", _train_files(bundle), **_train_dirs(work_dir))
+    workflow.run()
+    workflow.finalize()
+    models = Path(work_dir) / "models"
+    for name in ("model.pt", "model_final.pt"):
+        if (models / name).is_file():
+            return models / name
+    raise BundleCheckError(f"{config_path(bundle, 'train.json')}: training wrote no checkpoint in {models}")
+
+
+def infer_smoke(bundle: Path, ckpt: Path, work_dir: Path) -> list[Path]:
+    """``ConfigWorkflow`` inference from ``ckpt``; returns the files it wrote under ``work_dir/infer``."""
+    overrides = _infer_overrides(bundle, ckpt, work_dir)
+    workflow = _workflow(bundle, "infer", [config_path(bundle, "inference.json")], **overrides)
+    workflow.run()
+    workflow.finalize()
+    written = sorted(p for p in (Path(work_dir) / "infer").rglob("*") if p.is_file())
+    if not written:
+        raise BundleCheckError(f"{config_path(bundle, 'inference.json')}: inference wrote nothing")
+    return written
+
+
+def model_weights(ckpt: Path) -> tuple[dict, str]:
+    """The network's state dict in ``ckpt`` and its key there: CheckpointSaver writes a dict of objects
+    (``{"model": ..., "optimizer": ...}``), or the state dict itself when it saves the model alone."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if isinstance(state.get("model"), dict):
+        return state["model"], "model"
+    return state, ""
+
+
+def example_input_shape(bundle: Path) -> list[int]:
+    """[1, C, *spatial] from the metadata's ``network_data_format`` (``"32*n"`` read with n=2)."""
+    meta = ConfigParser.load_config_file(config_path(bundle, "metadata.json"))
+    image = meta["network_data_format"]["inputs"]["image"]
+    spatial = []
+    for size in image["spatial_shape"]:
+        if isinstance(size, int):
+            spatial.append(size)
+        elif isinstance(size, str) and size.endswith("*n") and size[:-2].isdigit():
+            spatial.append(int(size[:-2]) * SHAPE_FACTOR)
+        else:
+            raise BundleCheckError(
+                f"{config_path(bundle, 'metadata.json')}: network_data_format#inputs#image#spatial_shape "
+                f"entry {size!r} is neither an int nor 'k*n'"
+            )
+    return [1, int(image["num_channels"]), *spatial]
+
+
+def check_net_in_out(bundle: Path) -> None:
+    """``monai.bundle.verify_net_in_out`` on the inference network at the smoke size."""
+    config = config_path(bundle, "inference.json")
+    try:
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=config_path(bundle, "metadata.json"),
+            config_file=config,
+            device="cpu",
+            n=SHAPE_FACTOR,
+            **_infer_overrides(bundle, None),
+        )
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise BundleCheckError(f"{config}: verify_net_in_out failed: {e}") from e
+
+
+def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path) -> Path:
+    """``monai.bundle.ckpt_export`` (trace) of ``ckpt``; the TorchScript output must equal eager."""
+    config = config_path(bundle, "inference.json")
+    overrides = _infer_overrides(bundle, None)
+    exported = Path(work_dir) / "model.ts"
+    shape = example_input_shape(bundle)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(ckpt),
+        meta_file=config_path(bundle, "metadata.json"),
+        config_file=config,
+        key_in_ckpt=model_weights(ckpt)[1],
+        use_trace=True,
+        input_shape=shape,
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser.update(overrides)
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(model_weights(ckpt)[0])
+    scripted = torch.jit.load(str(exported), map_location="cpu")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = eager.eval()(x), scripted.eval()(x)
+    error = (expected - got).abs().max().item()
+    if error > EXPORT_ATOL:
+        raise BundleCheckError(f"{exported}: TorchScript output differs from eager by {error:.2e}")
+    return exported
+
+
+def check_distributed(bundle: Path, work_dir: Path, nproc: int = 2, timeout: int = 900) -> None:
+    """``[train, multi_gpu_train, smoke]`` through ``torchrun --nproc_per_node`` (gloo on a CPU machine)."""
+    files = [config_path(bundle, n) for n in ("train.json", "multi_gpu_train.json", "smoke.json")]
+    dirs = _train_dirs(Path(work_dir) / "distributed")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files)]
+    for key, value in dirs.items():
+        cmd += [f"--{key}", value]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-25:])
+        raise BundleCheckError(f"{files[1]}: torchrun exited {result.returncode}:\n{tail}")
+    if not any(Path(dirs["ckpt_dir"]).glob("*.pt")):
+        raise BundleCheckError(f"{files[1]}: distributed training wrote no checkpoint in {dirs['ckpt_dir']}")
