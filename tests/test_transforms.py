@@ -64,3 +64,15 @@ def test_2d_rgb_image_goes_through_the_same_builder(prepared_data, tmp_path):
     three = segmentation_transforms("val", spatial_dims=2, in_channels=3, intensity="minmax")(item)
     assert three["image"].shape[0] == 3
     np.testing.assert_allclose(three["image"][0], three["image"][2])
+
+
+def test_class_balanced_crops_reach_the_small_structures(prepared_data):
+    item = _subject_a(prepared_data)
+    balanced = segmentation_transforms("train", pixdim=3.0, roi_size=16, num_samples=81, num_classes=27)
+    balanced.set_random_state(seed=0)
+    centres = [int(s["label"][0, 8, 8, 8]) for s in balanced(item)]
+    # 27 classes drawn equally often: nearly every structure is the centre of some crop, and the liver
+    # (a fifth of the labelled voxels) of only a few, unlike foreground crops.
+    assert len(set(centres)) >= 15  # foreground/background crops reach 10 here, 27 of them on the liver
+    assert centres.count(1) <= 12
+    assert all(s["label"].shape == (1, 16, 16, 16) for s in balanced(item)[:2])

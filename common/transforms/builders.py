@@ -94,11 +94,12 @@ def segmentation_transforms(
     image_key: str = "image",
     label_key: str = "label",
 ) -> mt.Compose:
-    """The segmentation pipeline of one ``stage``: ``train`` (random foreground/background crops of
-    ``roi_size``, flips, 90-degree rotations, intensity jitter; with ``num_classes`` the crops are centred
-    on each class equally often, which keeps small organs in view, otherwise on foreground versus
-    background at ``pos_neg``), ``val`` (whole volume cropped to the body),
-    or ``infer`` (image only, invertible so predictions go back to the input's space)."""
+    """The segmentation pipeline of one ``stage``: ``train`` (random crops of ``roi_size`` and intensity
+    jitter; with ``num_classes`` the crops are centred on each class equally often, which keeps small
+    organs in view, otherwise on foreground versus background at ``pos_neg``), ``val`` (whole volume
+    cropped to the body), or ``infer`` (image only, invertible so predictions go back to the input's
+    space). No flips or 90-degree rotations: the class lists name left and right structures (ribs,
+    muscles) and tell liver from spleen partly by side, which a mirrored crop would contradict."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     keys = [image_key] if stage == "infer" else [image_key, label_key]
@@ -112,19 +113,22 @@ def segmentation_transforms(
     ]
     if stage == "val":
         return mt.Compose(out)
-    axes = list(range(spatial_dims))
-    out += [
-        mt.SpatialPadd(keys, spatial_size=roi),
-        mt.RandCropByPosNegLabeld(
+    if num_classes:
+        crop = mt.RandCropByLabelClassesd(
+            keys, label_key=label_key, spatial_size=roi, num_classes=num_classes, num_samples=num_samples
+        )
+    else:
+        crop = mt.RandCropByPosNegLabeld(
             keys,
             label_key=label_key,
             spatial_size=roi,
             pos=pos_neg[0],
             neg=pos_neg[1],
             num_samples=num_samples,
-        ),
-        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in axes],
-        mt.RandRotate90d(keys, prob=0.3, max_k=3, spatial_axes=(0, 1)),
+        )
+    out += [
+        mt.SpatialPadd(keys, spatial_size=roi),
+        crop,
         mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
         mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
     ]
