@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 from monai.utils import BundlePropertyConfig
 
 from common.bundle import REPO_ROOT
+from common.data.cache import cache_root
 
 REQUIRED_FILES = (
     "configs/metadata.json",
@@ -28,7 +29,8 @@ REQUIRED_FILES = (
     "docs/README.md",
     "LICENSE",
 )
-DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+# MONAI's metadata schema, as shipped beside the repository (tests and CI use it: no download offline).
+SHARED_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 # verify_net_in_out and the export trace use the metadata's spatial shape with n=2 ("32*n" -> 64).
 SHAPE_FACTOR = 2
 EXPORT_ATOL = 1e-4
@@ -62,15 +64,20 @@ def check_required_files(bundle: Path) -> None:
         raise BundleCheckError(f"{bundle}: missing required files {missing}")
 
 
-def check_metadata(bundle: Path, schema: Path = DEFAULT_SCHEMA) -> None:
-    """``monai.bundle.verify_metadata`` against the local copy of MONAI's metadata schema."""
-    if not Path(schema).is_file():
-        raise BundleCheckError(f"metadata schema {schema} not found (pass --schema)")
+def check_metadata(bundle: Path, schema: Path | None = None) -> None:
+    """``monai.bundle.verify_metadata`` against ``schema``; without one, the schema named in the metadata
+    is downloaded (as MONAI does) into the data cache."""
     meta_file = config_path(bundle, "metadata.json")
+    if schema is None:
+        schema = cache_root() / "schemas" / "meta_schema.json"
+    elif not Path(schema).is_file():
+        raise BundleCheckError(f"metadata schema {schema} not found (pass --schema)")
     try:
-        verify_metadata(meta_file=meta_file, filepath=str(schema), create_dir=False)
+        verify_metadata(meta_file=meta_file, filepath=str(schema), create_dir=True)
     except ValueError as e:
         raise BundleCheckError(f"{meta_file}: {e}") from e
+    except (OSError, RuntimeError) as e:  # the download, offline
+        raise BundleCheckError(f"{meta_file}: could not fetch its schema ({e}); pass --schema PATH") from e
 
 
 def _workflow(bundle: Path, workflow_type: str, config_files: list[str], **overrides) -> ConfigWorkflow:

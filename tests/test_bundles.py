@@ -36,7 +36,7 @@ def test_required_files(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_metadata_is_valid_against_monai_schema(bundle):
-    bc.check_metadata(bundle)
+    bc.check_metadata(bundle, bc.SHARED_SCHEMA)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
@@ -99,7 +99,7 @@ def test_missing_file_is_named(bundle_copy):
 def test_metadata_missing_a_required_field_fails(bundle_copy):
     _edit_json(bundle_copy / "configs" / "metadata.json", lambda m: m.pop("version"))
     with pytest.raises(bc.BundleCheckError, match=r"metadata\.json.*'version' is a required property"):
-        bc.check_metadata(bundle_copy)
+        bc.check_metadata(bundle_copy, bc.SHARED_SCHEMA)
 
 
 def test_train_config_without_trainer_fails_the_property_check(bundle_copy, prepared_data, tmp_path):
@@ -120,7 +120,8 @@ def test_export_rejects_a_shape_the_metadata_cannot_describe(bundle_copy):
 def test_cli_prints_a_table_and_fails_on_a_broken_check(tmp_path):
     tool = REPO_ROOT / "tools" / "check_bundles.py"
     skip = "net_in_out,train,export,infer,distributed"
-    ok = subprocess.run([sys.executable, str(tool), "--skip", skip], capture_output=True, text=True)
+    schema = ["--schema", str(bc.SHARED_SCHEMA)]
+    ok = subprocess.run([sys.executable, str(tool), "--skip", skip, *schema], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     for name in IDS:
         assert f"{name}" in ok.stdout and "PASS" in ok.stdout

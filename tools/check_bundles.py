@@ -2,8 +2,9 @@
 
     python tools/check_bundles.py                                  # all bundles, all checks
     python tools/check_bundles.py --bundles multiorgan_ct_segmentation --skip distributed
-    python tools/check_bundles.py --schema ../shared/schemas/meta_schema_20240725.json
+    python tools/check_bundles.py --schema ../shared/schemas/meta_schema_20240725.json   # offline
 
+Without ``--schema`` the metadata schema is downloaded from the URL in each metadata.json, as MONAI does.
 Exits 1 when any check fails. Work files go to a temporary directory (``--work_dir`` to keep them).
 """
 
@@ -23,7 +24,7 @@ from common.data.prepare import prepare_all
 CHECKS = ("files", "metadata", "net_in_out", "train", "export", "infer", "distributed")
 
 
-def run_checks(bundle: Path, work_dir: Path, schema: Path, skip: tuple[str, ...] = ()) -> list[tuple]:
+def run_checks(bundle: Path, work_dir: Path, schema: Path | None, skip: tuple[str, ...] = ()) -> list[tuple]:
     """(check, status, seconds, message) for each check; later checks needing a checkpoint are skipped
     when training failed."""
     state: dict = {}
@@ -56,7 +57,7 @@ def run_checks(bundle: Path, work_dir: Path, schema: Path, skip: tuple[str, ...]
 
 def main(
     bundles: str | tuple | None = None,
-    schema: str = str(bc.DEFAULT_SCHEMA),
+    schema: str | None = None,
     skip: str | tuple = (),
     work_dir: str | None = None,
 ) -> None:
@@ -72,13 +73,15 @@ def main(
     unknown_checks = sorted(set(skip) - set(CHECKS))
     if unknown_checks:
         sys.exit(f"unknown checks {unknown_checks}; known: {list(CHECKS)}")
+    schema_file = Path(schema) if schema else None
     prepare_all()
     failed = False
     with tempfile.TemporaryDirectory(prefix="bundle-checks-") as tmp:
         base = Path(work_dir or tmp)
         table = []
         for bundle in selected:
-            for check, status, seconds, message in run_checks(bundle, base / bundle.name, Path(schema), skip):
+            rows = run_checks(bundle, base / bundle.name, schema_file, skip)
+            for check, status, seconds, message in rows:
                 table.append((bundle.name, check, status, seconds))
                 failed |= status == "FAIL"
                 if message and status == "FAIL":
