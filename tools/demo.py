@@ -39,19 +39,24 @@ def main(
     learning_rate: float = 2e-3,
     val_interval: int = 10,
     pretrained_encoder: str | None = None,
+    work_dir: str | None = None,
 ) -> None:
     """Train, evaluate on the held-out subject, print the per-class Dice table and save the overlay.
 
     The CPU budget sets the defaults: the bundle's U-Net option (SwinUNETR feature_size 12 costs ~4 s per
     64-cube crop here, five times the U-Net), 4 mm voxels, and 96 x 96 x 32 crops that span the whole
     axial plane, so every step sees all organs of its slab. ``--arch swinunetr --pretrained_encoder PATH``
-    fine-tunes a pre-trained Swin encoder instead (slower: raise the budget).
+    fine-tunes a pre-trained Swin encoder instead (slower: raise the budget). Checkpoints, predictions,
+    the MLflow store and the overlay go to the bundle's ``models/`` and ``eval/``, or under ``work_dir``.
     """
     start = time.time()
     prepare_all()
     root = Path(bundle_root(BUNDLE))
     configs = root / "configs"
+    out = Path(work_dir) if work_dir else root
     overrides = {
+        "ckpt_dir": str(out / "models"),
+        "output_dir": str(out / "eval"),
         "arch": arch,
         "feature_size": feature_size,
         "pixdim": [pixdim] * 3,
@@ -75,7 +80,7 @@ def main(
     item = load_decathlon_datalist(str(datalist_file), True, "test", str(dataset_dir()))[0]
     sample = segmentation_transforms("val", pixdim=[pixdim] * 3)(item)
     image, label = sample["image"][0].numpy(), sample["label"][0].numpy().astype(np.int64)
-    pred_file = root / "eval" / (Path(item["image"]).name.split(".")[0] + "_seg.nii.gz")
+    pred_file = out / "eval" / (Path(item["image"]).name.split(".")[0] + "_seg.nii.gz")
     pred = np.asarray(nib.load(pred_file).dataobj).squeeze().astype(np.int64)
     dice = dice_per_class(pred, label, len(names))
     baseline = trivial_dice(label, len(names))
@@ -84,9 +89,9 @@ def main(
     )
     print(format_dice_table(names[1:], dice, baseline))
     png = save_overlay(
-        image, label, pred, root / "eval" / "demo_overlay.png", title=f"{BUNDLE}: held-out subject"
+        image, label, pred, out / "eval" / "demo_overlay.png", title=f"{BUNDLE}: held-out subject"
     )
-    print(f"\n[demo] overlay: {png}\n[demo] MLflow store: {root / 'eval' / 'mlruns.db'}")
+    print(f"\n[demo] overlay: {png}\n[demo] MLflow store: {out / 'eval' / 'mlruns.db'}")
     print(f"[demo] total {time.time() - start:.0f} s")
 
 
