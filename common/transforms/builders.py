@@ -113,22 +113,34 @@ def segmentation_transforms(
     ]
     if stage == "val":
         return mt.Compose(out)
+    out.append(mt.SpatialPadd(keys, spatial_size=roi))
     if num_classes:
-        crop = mt.RandCropByLabelClassesd(
-            keys, label_key=label_key, spatial_size=roi, num_classes=num_classes, num_samples=num_samples
-        )
+        # Each class's voxel indices are computed once here (the dataset cache keeps them), not per crop.
+        indices = f"{label_key}_cls_indices"
+        out += [
+            mt.ClassesToIndicesd(label_key, num_classes=num_classes, indices_postfix="_cls_indices"),
+            mt.RandCropByLabelClassesd(
+                keys,
+                label_key=label_key,
+                spatial_size=roi,
+                num_classes=num_classes,
+                num_samples=num_samples,
+                indices_key=indices,
+            ),
+            mt.DeleteItemsd(indices),
+        ]
     else:
-        crop = mt.RandCropByPosNegLabeld(
-            keys,
-            label_key=label_key,
-            spatial_size=roi,
-            pos=pos_neg[0],
-            neg=pos_neg[1],
-            num_samples=num_samples,
+        out.append(
+            mt.RandCropByPosNegLabeld(
+                keys,
+                label_key=label_key,
+                spatial_size=roi,
+                pos=pos_neg[0],
+                neg=pos_neg[1],
+                num_samples=num_samples,
+            )
         )
     out += [
-        mt.SpatialPadd(keys, spatial_size=roi),
-        crop,
         mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
         mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
     ]
