@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data monailabel-env demo test lint format bench clean
+.PHONY: setup data monailabel-env demo test lint format clean
 
 setup: $(STAMP)
 
