@@ -26,6 +26,12 @@ def test_monochrome1_is_inverted_from_meta():
     np.testing.assert_allclose(out[0, 0], [10.0, 0.0])
 
 
+def test_unadaptable_image_names_its_file_and_key():
+    image = MetaTensor(torch.zeros(2, 4, 4), meta={"filename_or_obj": "/data/two_channel.nii.gz"})
+    with pytest.raises(ValueError, match=r"/data/two_channel\.nii\.gz \(key 'image'\): .*2 channels to 3"):
+        AdaptChannelsd("image", out_channels=3)({"image": image})
+
+
 def _subject_a(prepared_data):
     return {
         "image": str(prepared_data / "ct_multiorgan" / "totalseg_A_ct.nii.gz"),

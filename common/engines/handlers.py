@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch.distributed as dist
-from ignite.contrib.handlers.tqdm_logger import ProgressBar as _IgniteProgressBar
 from ignite.engine import Engine
+from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.handlers import from_engine
 
 

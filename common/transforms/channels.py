@@ -53,7 +53,11 @@ class AdaptChannelsd(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             invert = photometric_interpretation(image) == "MONOCHROME1"
-            out = adapt_channels(torch.as_tensor(image), self.out_channels, invert=invert)
+            try:
+                out = adapt_channels(torch.as_tensor(image), self.out_channels, invert=invert)
+            except ValueError as err:
+                source = getattr(image, "meta", {}).get("filename_or_obj", "<in memory>")
+                raise ValueError(f"{source} (key {key!r}): {err}") from err
             if isinstance(image, MetaTensor):
                 out = MetaTensor(out, meta=image.meta, applied_operations=image.applied_operations)
             d[key] = out
