@@ -49,11 +49,9 @@ def config_path(bundle: Path, name: str) -> str:
     return str(Path(bundle) / "configs" / name)
 
 
-def smoke_overrides(bundle: Path, config: str | None = None) -> dict:
+def smoke_overrides(bundle: Path, config: str) -> dict:
     """``smoke.json``'s id-value pairs, restricted to the top-level ids that ``config`` defines."""
     pairs = ConfigParser.load_config_file(config_path(bundle, "smoke.json"))
-    if config is None:
-        return pairs
     defined = ConfigParser.load_config_file(config_path(bundle, config))
     return {k: v for k, v in pairs.items() if k.split("#")[0] in defined}
 
