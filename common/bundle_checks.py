@@ -120,10 +120,11 @@ def _infer_overrides(bundle: Path, ckpt: Path | None, work_dir: Path | None = No
 
 def train_smoke(bundle: Path, work_dir: Path) -> Path:
     """``ConfigWorkflow`` training with the smoke overrides; returns the checkpoint it wrote."""
-    workflow = _workflow(bundle, "train", _train_files(bundle), **_train_dirs(work_dir))
+    dirs = _train_dirs(work_dir)
+    workflow = _workflow(bundle, "train", _train_files(bundle), **dirs)
     workflow.run()
     workflow.finalize()
-    models = Path(work_dir) / "models"
+    models = Path(dirs["ckpt_dir"])
     for name in ("model.pt", "model_final.pt"):
         if (models / name).is_file():
             return models / name
@@ -191,13 +192,14 @@ def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path) -> Path:
     overrides = _infer_overrides(bundle, None)
     exported = Path(work_dir) / "model.ts"
     shape = example_input_shape(bundle)
+    weights, key_in_ckpt = model_weights(ckpt)
     ckpt_export(
         net_id="network_def",
         filepath=str(exported),
         ckpt_file=str(ckpt),
         meta_file=config_path(bundle, "metadata.json"),
         config_file=config,
-        key_in_ckpt=model_weights(ckpt)[1],
+        key_in_ckpt=key_in_ckpt,
         use_trace=True,
         input_shape=shape,
         bundle_root=str(bundle),
@@ -207,7 +209,7 @@ def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path) -> Path:
     parser.read_config(config)
     parser.update(overrides)
     eager = parser.get_parsed_content("network_def")
-    eager.load_state_dict(model_weights(ckpt)[0])
+    eager.load_state_dict(weights)
     scripted = torch.jit.load(str(exported), map_location="cpu")
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
