@@ -4,6 +4,6 @@
 bundle configs need a single ``"$import common"``.
 """
 
-from . import bundle, data, engines, evaluation, networks, transforms
+from . import bundle, data, engines, evaluation, losses, networks, ssl, transforms
 
-__all__ = ["bundle", "data", "engines", "evaluation", "networks", "transforms"]
+__all__ = ["bundle", "data", "engines", "evaluation", "losses", "networks", "ssl", "transforms"]

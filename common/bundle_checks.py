@@ -50,10 +50,15 @@ def config_path(bundle: Path, name: str) -> str:
 
 
 def smoke_overrides(bundle: Path, config: str) -> dict:
-    """``smoke.json``'s id-value pairs, restricted to the top-level ids that ``config`` defines."""
+    """``smoke.json``'s id-value pairs, restricted to the top-level ids that ``config`` defines.
+
+    Its optional ``smoke_metadata`` entry (``{"network_data_format#...": value}``) becomes ``_meta_#...``
+    overrides: metadata that changes with the smoke size, such as an embedding width."""
     pairs = ConfigParser.load_config_file(config_path(bundle, "smoke.json"))
     defined = ConfigParser.load_config_file(config_path(bundle, config))
-    return {k: v for k, v in pairs.items() if k.split("#")[0] in defined}
+    overrides = {k: v for k, v in pairs.items() if k.split("#")[0] in defined}
+    overrides.update({f"_meta_#{k}": v for k, v in pairs.get("smoke_metadata", {}).items()})
+    return overrides
 
 
 def check_required_files(bundle: Path) -> None:
@@ -125,10 +130,19 @@ def train_smoke(bundle: Path, work_dir: Path) -> Path:
     workflow.run()
     workflow.finalize()
     models = Path(dirs["ckpt_dir"])
-    for name in ("model.pt", "model_final.pt"):
+    for name in (inference_checkpoint_name(bundle), "model_final.pt"):
         if (models / name).is_file():
             return models / name
     raise BundleCheckError(f"{config_path(bundle, 'train.json')}: training wrote no checkpoint in {models}")
+
+
+def inference_checkpoint_name(bundle: Path) -> str:
+    """The file name of ``inference.json``'s ``ckpt_path`` (``model.pt``, or ``encoder.pt`` for the
+    pre-training bundles, whose inference network is the exported encoder)."""
+    parser = ConfigParser()
+    parser.read_config(config_path(bundle, "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    return Path(parser.get_parsed_content("ckpt_path")).name
 
 
 def infer_smoke(bundle: Path, ckpt: Path, work_dir: Path) -> list[Path]:
@@ -145,10 +159,12 @@ def infer_smoke(bundle: Path, ckpt: Path, work_dir: Path) -> list[Path]:
 
 def model_weights(ckpt: Path) -> tuple[dict, str]:
     """The network's state dict in ``ckpt`` and its key there: CheckpointSaver writes a dict of objects
-    (``{"model": ..., "optimizer": ...}``), or the state dict itself when it saves the model alone."""
+    (``{"model": ..., "optimizer": ...}``), an encoder file holds ``{"state_dict": ..., "meta": ...}``,
+    or the file is the state dict itself."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if isinstance(state.get("model"), dict):
-        return state["model"], "model"
+    for key in ("model", "state_dict"):
+        if isinstance(state.get(key), dict):
+            return state[key], key
     return state, ""
 
 
@@ -207,6 +223,7 @@ def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path) -> Path:
     )
     parser = ConfigParser()
     parser.read_config(config)
+    parser.read_meta(config_path(bundle, "metadata.json"))
     parser.update(overrides)
     eager = parser.get_parsed_content("network_def")
     eager.load_state_dict(weights)

@@ -1,5 +1,23 @@
-"""Ignite engine helpers shared by every bundle's workflow."""
+"""Ignite engines and handlers shared by every bundle's workflow."""
 
-from .handlers import ProgressBar
+from .handlers import ProgressBar, is_rank0
+from .ssl_handlers import (
+    EMATeacherHandler,
+    EncoderExportHandler,
+    EpochLossTermsHandler,
+    SSLScheduleHandler,
+    parameter_groups,
+)
+from .ssl_trainer import NonFiniteLossError, SSLTrainer
 
-__all__ = ["ProgressBar"]
+__all__ = [
+    "EMATeacherHandler",
+    "EncoderExportHandler",
+    "EpochLossTermsHandler",
+    "NonFiniteLossError",
+    "ProgressBar",
+    "SSLScheduleHandler",
+    "SSLTrainer",
+    "is_rank0",
+    "parameter_groups",
+]

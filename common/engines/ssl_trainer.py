@@ -1,0 +1,77 @@
+"""The one Ignite trainer every self-supervised method runs on.
+
+A method (``common.ssl``) maps a batch of views to a dict of named losses; :class:`SSLTrainer` does the
+rest of a step: move the views (a dict) to the device, call the method through the
+``inferer`` (MONAI's ``SimpleInferer``: ``method(views)``), autocast (AMP) where asked, back-propagate ``"loss"``, clip
+the gradient norm, step the optimiser, and stop on a non-finite loss naming the iteration and every term.
+Everything else (schedules, EMA teacher, checkpoints, encoder export, MLflow) is a handler.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.engines import Trainer
+from monai.inferers import Inferer, SimpleInferer
+from torch.nn.utils import clip_grad_norm_
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
+
+
+class SSLTrainer(Trainer):
+    """``engine.state.output`` after each iteration: ``{name: detached loss}``, ``"loss"`` the total."""
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch_length: int | None = None,
+        inferer: Inferer | None = None,
+        clip_grad_norm: float | None = None,
+        amp: bool = False,
+        train_handlers=None,
+        non_blocking: bool = False,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=False,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.inferer = inferer or SimpleInferer()
+        self.clip_grad_norm = clip_grad_norm
+        self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp)
+
+    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
+        batch = {
+            k: v.to(engine.state.device, non_blocking=engine.non_blocking)
+            for k, v in batchdata.items()
+            if isinstance(v, torch.Tensor)
+        }
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(engine.state.device).type, enabled=engine.amp):
+            losses = engine.inferer(batch, engine.network)
+        total = losses["loss"]
+        if not torch.isfinite(total):
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {terms}"
+            )
+        engine.grad_scaler.scale(total).backward()
+        if engine.clip_grad_norm:
+            engine.grad_scaler.unscale_(engine.optimizer)
+            clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
+        engine.grad_scaler.step(engine.optimizer)
+        engine.grad_scaler.update()
+        return {k: v.detach().float() for k, v in losses.items()}
