@@ -123,10 +123,11 @@ def _infer_overrides(bundle: Path, ckpt: Path | None, work_dir: Path | None = No
     return overrides
 
 
-def train_smoke(bundle: Path, work_dir: Path) -> Path:
-    """``ConfigWorkflow`` training with the smoke overrides; returns the checkpoint it wrote."""
+def train_smoke(bundle: Path, work_dir: Path, **overrides) -> Path:
+    """``ConfigWorkflow`` training with the smoke overrides (and ``overrides``); returns the checkpoint
+    that inference reads."""
     dirs = _train_dirs(work_dir)
-    workflow = _workflow(bundle, "train", _train_files(bundle), **dirs)
+    workflow = _workflow(bundle, "train", _train_files(bundle), **dirs, **overrides)
     workflow.run()
     workflow.finalize()
     models = Path(dirs["ckpt_dir"])

@@ -64,7 +64,7 @@ class SSLTrainer(Trainer):
             losses = engine.inferer(batch, engine.network)
         total = losses["loss"]
         if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {terms}"
             )
