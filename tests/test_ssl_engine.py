@@ -104,7 +104,7 @@ def test_trainer_steps_schedules_ema_and_epoch_terms():
     assert method.teacher_encoder.weight.grad is None
     metrics = trainer.state.metrics
     assert metrics["train_half"] == pytest.approx(metrics["train_square"] / 2)
-    assert set(trainer.state.output) == {"loss", "square", "half"}
+    assert set(trainer.state.output[0]) == {"loss", "square", "half"}
 
 
 def test_non_finite_loss_stops_training_naming_iteration_and_terms():

@@ -14,18 +14,12 @@ import time
 from pathlib import Path
 
 import fire
-import nibabel as nib
-import numpy as np
-from monai.bundle import run
-from monai.data import load_decathlon_datalist
 
-from common.bundle import REPO_ROOT, bundle_root, class_names
-from common.data import dataset_dir
+from common.bundle import bundle_root
 from common.data.prepare import prepare_all
-from common.evaluation import dice_per_class, format_dice_table, save_overlay, trivial_dice
-from common.transforms import segmentation_transforms
-
-BUNDLE = "multiorgan_ct_segmentation"
+from common.evaluation import format_dice_table, save_overlay
+from common.evaluation.heldout import SEGMENTATION_BUNDLE as BUNDLE
+from common.evaluation.heldout import finetune_and_evaluate
 
 
 def main(
@@ -52,7 +46,6 @@ def main(
     start = time.time()
     prepare_all()
     root = Path(bundle_root(BUNDLE))
-    configs = root / "configs"
     out = Path(work_dir) if work_dir else root
     overrides = {
         "ckpt_dir": str(out / "models"),
@@ -70,26 +63,15 @@ def main(
         "pretrained_encoder": pretrained_encoder,
     }
     print(f"[demo] training {BUNDLE} on '{train_datalist_key}' for {max_epochs} epochs (MLflow tracking on)")
-    run("training", config_file=str(configs / "train.json"), tracking="mlflow", **overrides)
-    print(f"[demo] training done in {time.time() - start:.0f} s; evaluating the held-out subject")
-    eval_files = [str(configs / "train.json"), str(configs / "evaluate.json")]
-    run("evaluating", config_file=eval_files, **overrides)
-
-    datalist_file = REPO_ROOT / "data_lists" / "multiorgan_ct.json"
-    names = class_names(str(datalist_file))
-    item = load_decathlon_datalist(str(datalist_file), True, "test", str(dataset_dir()))[0]
-    sample = segmentation_transforms("val", pixdim=[pixdim] * 3)(item)
-    image, label = sample["image"][0].numpy(), sample["label"][0].numpy().astype(np.int64)
-    pred_file = out / "eval" / (Path(item["image"]).name.split(".")[0] + "_seg.nii.gz")
-    pred = np.asarray(nib.load(pred_file).dataobj).squeeze().astype(np.int64)
-    dice = dice_per_class(pred, label, len(names))
-    baseline = trivial_dice(label, len(names))
-    print(
-        f"\nHeld-out subject {item.get('subject', item['image'])}: per-class Dice after {max_epochs} epochs\n"
-    )
-    print(format_dice_table(names[1:], dice, baseline))
+    result = finetune_and_evaluate(overrides, tracking="mlflow")
+    print(f"\nHeld-out subject {result.subject}: per-class Dice after {max_epochs} epochs\n")
+    print(format_dice_table(result.names, result.dice, result.baseline))
     png = save_overlay(
-        image, label, pred, out / "eval" / "demo_overlay.png", title=f"{BUNDLE}: held-out subject"
+        result.image,
+        result.label,
+        result.pred,
+        out / "eval" / "demo_overlay.png",
+        title=f"{BUNDLE}: held-out subject",
     )
     print(f"\n[demo] overlay: {png}\n[demo] MLflow store: {out / 'eval' / 'mlruns.db'}")
     print(f"[demo] total {time.time() - start:.0f} s")

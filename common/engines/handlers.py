@@ -31,7 +31,4 @@ class ProgressBar:
         _IgniteProgressBar(persist=self.persist).attach(engine, output_transform=transform)
 
     def _loss_of(self, output) -> dict[str, float]:
-        """The loss of a dict output (SSL trainer) or of a list of dicts (MONAI's supervised trainer)."""
-        if isinstance(output, dict):
-            return {self.output_key: float(output[self.output_key])}
         return {self.output_key: float(from_engine([self.output_key], first=True)(output))}

@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 
 from ..networks.pretrained import save_encoder
 from ..ssl.base import unwrap
-from ..ssl.schedules import linear_warmup, warmup_cosine, cosine
+from ..ssl.schedules import cosine, linear_warmup, warmup_cosine
 from .handlers import is_rank0
 
 
@@ -47,7 +47,11 @@ class SSLScheduleHandler:
     def values(self, step: int, epoch_length: int, max_epochs: int) -> dict[str, float]:
         """The scheduled values at 0-based iteration ``step``."""
         total = epoch_length * max_epochs
-        out = {"lr": warmup_cosine(self.base_lr, self.final_lr, step, total, round(self.warmup_epochs * epoch_length))}
+        out = {
+            "lr": warmup_cosine(
+                self.base_lr, self.final_lr, step, total, round(self.warmup_epochs * epoch_length)
+            )
+        }
         if self.weight_decay is not None:
             out["weight_decay"] = cosine(self.weight_decay[0], self.weight_decay[1], step, total)
         if self.momentum is not None:
@@ -131,7 +135,7 @@ class EpochLossTermsHandler:
         self.count = 0
 
     def accumulate(self, engine: Engine) -> None:
-        for name, value in engine.state.output.items():
+        for name, value in engine.state.output[0].items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.count += 1
 

@@ -1,9 +1,9 @@
 """The one Ignite trainer every self-supervised method runs on.
 
 A method (``common.ssl``) maps a batch of views to a dict of named losses; :class:`SSLTrainer` does the
-rest of a step: move the views (a dict) to the device, call the method through the
-``inferer`` (MONAI's ``SimpleInferer``: ``method(views)``), autocast (AMP) where asked, back-propagate ``"loss"``, clip
-the gradient norm, step the optimiser, and stop on a non-finite loss naming the iteration and every term.
+rest of a step: move the views (a dict) to the device, call the method through the ``inferer`` (MONAI's
+``SimpleInferer``: ``method(views)``), autocast (AMP) where asked, back-propagate ``"loss"``, clip the
+gradient norm, step the optimiser, and stop on a non-finite loss naming the iteration and every term.
 Everything else (schedules, EMA teacher, checkpoints, encoder export, MLflow) is a handler.
 """
 
@@ -20,7 +20,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class SSLTrainer(Trainer):
-    """``engine.state.output`` after each iteration: ``{name: detached loss}``, ``"loss"`` the total."""
+    """``engine.state.output`` after each iteration: ``[{name: detached loss}]`` (``"loss"`` the total), a
+    one-item list, the layout MONAI's handlers read with ``from_engine(["loss"], first=True)``."""
 
     def __init__(
         self,
@@ -52,7 +53,7 @@ class SSLTrainer(Trainer):
         self.clip_grad_norm = clip_grad_norm
         self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp)
 
-    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict[str, torch.Tensor]:
+    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> list[dict[str, torch.Tensor]]:
         batch = {
             k: v.to(engine.state.device, non_blocking=engine.non_blocking)
             for k, v in batchdata.items()
@@ -74,4 +75,4 @@ class SSLTrainer(Trainer):
             clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
         engine.grad_scaler.step(engine.optimizer)
         engine.grad_scaler.update()
-        return {k: v.detach().float() for k, v in losses.items()}
+        return [{k: v.detach().float() for k, v in losses.items()}]

@@ -14,6 +14,8 @@ import torch
 def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``pred``, ``target``: ``(B, C, *spatial)``; ``mask``: ``(B, *spatial)``, true where masked."""
     if pred.shape != target.shape or mask.shape != (pred.shape[0], *pred.shape[2:]):
-        raise ValueError(f"shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}")
+        raise ValueError(
+            f"shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}"
+        )
     weight = mask.unsqueeze(1).to(pred.dtype)
     return ((pred - target).abs() * weight).sum() / (weight.sum() * pred.shape[1]).clamp_min(1e-6)

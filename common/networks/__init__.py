@@ -1,7 +1,7 @@
 """Networks: the Swin encoder, projection heads, segmenter assembly and pre-trained encoder files."""
 
-from .pretrained import EncoderLoadError, load_encoder, map_encoder_keys, read_encoder_file, save_encoder
 from .heads import DINOHead, mlp
+from .pretrained import EncoderLoadError, load_encoder, map_encoder_keys, read_encoder_file, save_encoder
 from .segmenter import ARCHITECTURES, build_segmenter, swin_encoder
 from .swin import SwinEncoder
 

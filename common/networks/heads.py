@@ -8,11 +8,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, batch_norm: bool = False) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, batch_norm: bool = False
+) -> nn.Sequential:
     """``num_layers`` linear layers with GELU (and batch norm) between them; the last one is bare."""
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < num_layers - 1:
             if batch_norm:

@@ -15,7 +15,13 @@ class SaveEmbeddingd(MapTransform):
     """Save each ``keys`` vector of a decollated item as ``<output_dir>/<image name>_<postfix>.npy``
     (atomic: temp file + rename). The image name comes from ``meta_key``'s ``filename_or_obj``."""
 
-    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike, meta_key: str = "image", postfix: str = "embedding") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        meta_key: str = "image",
+        postfix: str = "embedding",
+    ) -> None:
         super().__init__(keys)
         self.output_dir, self.meta_key, self.postfix = Path(output_dir), meta_key, postfix
 

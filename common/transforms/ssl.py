@@ -100,16 +100,20 @@ class MultiCropd(Randomizable, MapTransform):
         MapTransform.__init__(self, key)
         self.key = key
         self.spatial_dims = spatial_dims
-        self.specs = [("global", i, _as_tuple(global_size, spatial_dims), global_scale) for i in range(num_global)]
-        self.specs += [("local", i, _as_tuple(local_size, spatial_dims), local_scale) for i in range(num_local)]
+        self.specs = [
+            ("global", i, _as_tuple(global_size, spatial_dims), global_scale) for i in range(num_global)
+        ]
+        self.specs += [
+            ("local", i, _as_tuple(local_size, spatial_dims), local_scale) for i in range(num_local)
+        ]
         self.augment = augment
 
     def _region(self, shape: Sequence[int], scale: Sequence[float]) -> tuple[slice, ...]:
         fraction = self.R.uniform(*scale)
         side = float(np.prod(shape)) ** (1.0 / len(shape)) * fraction ** (1.0 / len(shape))
         sizes = [max(1, min(int(round(side)), s)) for s in shape]
-        starts = [int(self.R.randint(0, s - c + 1)) for s, c in zip(shape, sizes)]
-        return tuple(slice(a, a + c) for a, c in zip(starts, sizes))
+        starts = [int(self.R.randint(0, s - c + 1)) for s, c in zip(shape, sizes, strict=True)]
+        return tuple(slice(a, a + c) for a, c in zip(starts, sizes, strict=True))
 
     def _augment(self, view: torch.Tensor) -> torch.Tensor:
         for axis in range(1, view.ndim):
@@ -131,7 +135,9 @@ class MultiCropd(Randomizable, MapTransform):
         image = torch.as_tensor(d.pop(self.key), dtype=torch.float32)
         spatial = image.shape[1:]
         if len(spatial) != self.spatial_dims:
-            raise ValueError(f"{self.key}: expected {self.spatial_dims} spatial dims, got shape {tuple(image.shape)}")
+            raise ValueError(
+                f"{self.key}: expected {self.spatial_dims} spatial dims, got shape {tuple(image.shape)}"
+            )
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         for kind, i, size, scale in self.specs:
             region = image[(slice(None), *self._region(spatial, scale))]
@@ -155,7 +161,15 @@ def ssl_transforms(
 ) -> mt.Compose:
     """:func:`pool_transforms` followed by :class:`MultiCropd`: the whole pre-training pipeline."""
     views = MultiCropd(
-        "image", num_global, global_size, global_scale, num_local, local_size, local_scale, augment, spatial_dims
+        "image",
+        num_global,
+        global_size,
+        global_scale,
+        num_local,
+        local_size,
+        local_scale,
+        augment,
+        spatial_dims,
     )
     return mt.Compose([*pool_transforms(spatial_dims, in_channels, pixdim, ct_window), views])
 
