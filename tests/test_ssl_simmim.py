@@ -85,3 +85,10 @@ def test_simmim_step_reaches_encoder_and_token():
     assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     assert method.mask_token.grad.abs().sum() > 0
     assert method.export_encoder() is method.encoder
+
+
+def test_simmim_runs_in_2d():
+    method = SimMIM(feature_size=12, spatial_dims=2, mask_patch_size=16)
+    losses = method({"global_0": torch.rand(2, 1, 64, 64)})
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and method.encoder.patch_embed.proj.weight.grad is not None

@@ -59,3 +59,22 @@ def test_pool_pipeline_on_real_ct_and_mr(prepared_data):
         "local_1": (1, 32, 32, 32),
     }
     assert all(np.isfinite(v.numpy()).all() for k, v in views.items() if k.startswith("global"))
+
+
+def test_views_are_plain_tensors_that_collate_into_a_batch():
+    from monai.data import list_data_collate
+
+    crop = MultiCropd("image", num_global=2, global_size=16)
+    batch = list_data_collate([crop({"image": torch.rand(1, 20, 20, 20)}) for _ in range(4)])
+    assert batch["global_0"].shape == (4, 1, 16, 16, 16) and type(batch["global_1"]) is torch.Tensor
+
+
+def test_flips_can_be_turned_off_while_intensity_augmentation_stays():
+    image = torch.rand(1, 12, 12, 12)
+    whole = {"num_global": 1, "global_size": 12, "global_scale": (1.0, 1.0)}
+    for seed in range(8):
+        crop = MultiCropd("image", **whole, flip=False)
+        crop.set_random_state(seed)
+        view = crop({"image": image})["global_0"]
+        # an affine intensity change (plus rare noise/blur) of the unflipped volume: strongly correlated
+        assert torch.corrcoef(torch.stack([view.flatten(), image.flatten()]))[0, 1] > 0.8

@@ -36,8 +36,8 @@ class SSLMethod(nn.Module):
             ema_update_(teacher, student, self.momentum)
 
     def export_encoder(self) -> nn.Module:
-        """The encoder written to the encoder file: the EMA teacher's where there is one (as DINO, iBOT,
-        MoCo v3 and SMIT evaluate it), otherwise the student's."""
+        """The encoder written to the encoder file: the EMA teacher's where there is one (as DINO, iBOT
+        and SMIT evaluate it), otherwise the student's."""
         teacher = getattr(self, "teacher_encoder", None)
         return teacher if teacher is not None else self.encoder
 

@@ -1,15 +1,17 @@
 """Rotation prediction (Gidaris, Singh and Komodakis, ICLR 2018) on a 3D (or 2D) Swin encoder.
 
-Each view is rotated by one of K right angles (Sec. 3: K = 4, rotations by 0, 90, 180 and 270 degrees; in
+Each view is rotated by one of K right angles (Sec. 2: K = 4, rotations by 0, 90, 180 and 270 degrees; in
 3D about the superior-inferior axis, or optionally the 24 rotations of the cube), the encoder's pooled
 embedding goes through a classifier (a linear layer, as after RotNet's global average pooling, or a small
-MLP), and the loss is the cross-entropy of the rotation label (Sec. 3, Eq. 1-2):
+MLP), and the loss is the cross-entropy of the rotation label averaged over images and rotations
+(Sec. 2, Eq. 1-2):
 
-    L = -1/(K N) * sum_i sum_y log softmax(F(g(X_i, y)))_y.
+    L = -1/(N K) * sum_i sum_y log softmax(F(g(X_i | y)))_y.
 
 With ``all_rotations`` (the default) all K rotated copies of every view enter the same batch, which the
-paper found better than one random rotation per image (Sec. 3.2 / Sec. 4.1); otherwise each view gets one
-rotation drawn at random. Rotation accuracy is reported as a detached term.
+paper found clearly better than one random rotation per image (Sec. 3, implementation details); otherwise
+each view gets one rotation drawn at random and the loss is the batch mean of its cross-entropy. Rotation
+accuracy is reported as a detached term (not back-propagated: the trainer uses ``"loss"`` only).
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class RotationPrediction(SSLMethod):
         super().__init__()
         self.encoder = SwinEncoder(in_channels, feature_size, spatial_dims, use_checkpoint)
         self.classifier = mlp(self.encoder.out_dim, head_hidden_dim, num_rotations(rotations), head_layers)
-        self.rotations, self.rotation_plane, self.all_rotations = rotations, tuple(rotation_plane), all_rotations
+        self.rotations, self.rotation_plane, self.all_rotations = (
+            rotations,
+            tuple(rotation_plane),
+            all_rotations,
+        )
 
     def rotated_views(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The rotated global views of ``batch`` and their rotation labels."""

@@ -31,9 +31,9 @@ def num_rotations(rotations: str) -> int:
 
 
 def _tips(plane: Sequence[int]) -> list[tuple[int, tuple[int, int]]]:
-    """The six quarter-turn rotations ``(k, plane)`` that bring the axis normal to ``plane`` onto each of
-    the six face directions: none, three turns towards the first in-plane axis, one and three towards the
-    second."""
+    """Six rotations ``(k, plane)`` carrying the axis normal to ``plane`` onto the six face directions:
+    none, 1, 2 or 3 quarter turns in the (first in-plane axis, normal) plane, 1 or 3 in the (second, normal)
+    plane."""
     a, b = plane
     (normal,) = {0, 1, 2} - {a, b}
     return [

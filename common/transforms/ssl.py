@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from monai import transforms as mt
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
 
 from .builders import Spacingd, _as_tuple
 from .channels import AdaptChannelsd
@@ -80,9 +81,10 @@ class MultiCropd(Randomizable, MapTransform):
 
     A view covers a random fraction ``s`` of the volume's voxels, ``s ~ U(scale)``: a cube-shaped region of
     side ``s ** (1/D)`` times the volume's geometric-mean side (capped by each axis), resized to
-    ``global_size`` / ``local_size``. With ``augment``, each view independently gets random flips along
-    every axis, intensity scaling and shift, Gaussian noise and Gaussian smoothing (SimCLR's colour and
-    blur augmentations, Chen et al. 2020, App. A, in their grey-level 3D form).
+    ``global_size`` / ``local_size``. With ``augment``, each view independently gets intensity scaling and
+    shift, Gaussian noise and Gaussian smoothing (SimCLR's colour and blur augmentations, Chen et al. 2020,
+    App. A, in their grey-level 3D form), and with ``flip`` random flips along every axis. Rotation
+    prediction turns ``flip`` off: flipping both axes of a plane is a 180-degree rotation of it.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class MultiCropd(Randomizable, MapTransform):
         local_scale: Sequence[float] = (0.05, 0.3),
         augment: bool = True,
         spatial_dims: int = 3,
+        flip: bool = True,
     ) -> None:
         MapTransform.__init__(self, key)
         self.key = key
@@ -106,7 +109,7 @@ class MultiCropd(Randomizable, MapTransform):
         self.specs += [
             ("local", i, _as_tuple(local_size, spatial_dims), local_scale) for i in range(num_local)
         ]
-        self.augment = augment
+        self.augment, self.flip = augment, flip
 
     def _region(self, shape: Sequence[int], scale: Sequence[float]) -> tuple[slice, ...]:
         fraction = self.R.uniform(*scale)
@@ -117,7 +120,7 @@ class MultiCropd(Randomizable, MapTransform):
 
     def _augment(self, view: torch.Tensor) -> torch.Tensor:
         for axis in range(1, view.ndim):
-            if self.R.rand() < 0.5:
+            if self.flip and self.R.rand() < 0.5:
                 view = view.flip(axis)
         if self.R.rand() < 0.8:
             view = view * self.R.uniform(0.9, 1.1) + self.R.uniform(-0.1, 0.1)
@@ -125,14 +128,14 @@ class MultiCropd(Randomizable, MapTransform):
             view = view + torch.from_numpy(self.R.normal(0.0, 0.02, view.shape).astype(np.float32))
         if self.R.rand() < 0.2:
             view = mt.GaussianSmooth(sigma=self.R.uniform(0.5, 1.0))(view)
-        return torch.as_tensor(view, dtype=torch.float32).contiguous()
+        return convert_to_tensor(view, dtype=torch.float32, track_meta=False).contiguous()
 
     def randomize(self, data=None) -> None:  # views are drawn inside __call__, one region each
         pass
 
     def __call__(self, data):
         d = dict(data)
-        image = torch.as_tensor(d.pop(self.key), dtype=torch.float32)
+        image = convert_to_tensor(d.pop(self.key), dtype=torch.float32, track_meta=False)
         spatial = image.shape[1:]
         if len(spatial) != self.spatial_dims:
             raise ValueError(
