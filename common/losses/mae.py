@@ -4,7 +4,7 @@ between predicted and original voxels, computed on masked patches only,
     L = sum_n m_n * mean_p (y_np - t_np)^2 / sum_n m_n,
 
 where ``n`` runs over the patches of every sample, ``p`` over the ``P`` values of a patch and ``m_n`` is 1
-for a masked patch. With ``norm_pix`` (the paper's best setting, Table 1c "w/ norm") the target of each
+for a masked patch. With ``norm_pix`` (the paper's best setting, Table 1d "w/ norm") the target of each
 patch is normalised by its own mean and standard deviation, ``t_np = (x_np - mu_n) / sqrt(var_n + 1e-6)``,
 with the unbiased variance of the reference code (``torch.var``).
 """

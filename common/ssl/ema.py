@@ -24,5 +24,5 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     s = [s_params[k].data for k in t_params]
     torch._foreach_mul_(t, momentum)
     torch._foreach_add_(t, s, alpha=1.0 - momentum)
-    for (name, t_buf), s_buf in zip(teacher.named_buffers(), student.buffers()):
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
         t_buf.data.copy_(s_buf.data)

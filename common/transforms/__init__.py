@@ -1,4 +1,5 @@
-"""Dimension-agnostic transforms: pipelines for 2D and 3D images and channel adaptation, self-supervised views and masks."""
+"""Dimension-agnostic transforms: pipelines for 2D and 3D images, channel adaptation, self-supervised views
+and masks."""
 
 from .builders import INTENSITY_MODES, intensity_transform, load_transforms, segmentation_transforms
 from .channels import AdaptChannelsd, adapt_channels, photometric_interpretation
