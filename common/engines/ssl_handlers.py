@@ -14,7 +14,7 @@ from .handlers import is_rank0
 
 
 class SSLScheduleHandler:
-    """Per-iteration schedules (DINO, Caron et al. 2021, App. B), set before each step:
+    """Per-iteration schedules (DINO, Caron et al. 2021, implementation details), set before each step:
 
     - ``lr``: linear warm-up over ``warmup_epochs`` to ``base_lr``, then cosine to ``final_lr``;
     - ``weight_decay``: cosine from ``weight_decay[0]`` to ``weight_decay[1]`` (parameter groups created

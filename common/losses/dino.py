@@ -1,10 +1,10 @@
-"""DINO's self-distillation loss (Caron et al. 2021, Sec. 3.1, Eq. 1-2, Alg. 1).
+"""DINO's self-distillation loss (Caron et al. 2021, Sec. 3.1, Eq. 1-4, Alg. 1).
 
 The teacher's output for a global view is centred and sharpened, ``P_t = softmax((g_t - c) / tau_t)``; the
 student's for every view is ``P_s = softmax(g_s / tau_s)``; the loss is the cross-entropy
 ``H(P_t, P_s) = -sum_k P_t[k] log P_s[k]`` averaged over the batch, summed over all pairs (teacher global
-view ``i``, student view ``v``) with ``v != i`` and divided by the number of pairs (Eq. 2, as DINO's code
-averages it). After the loss the centre moves to the teacher outputs' batch mean,
+view ``i``, student view ``v``) with ``v != i`` and divided by the number of pairs (Eq. 2-3; the division is
+DINO's code). After the loss the centre moves to the teacher outputs' batch mean,
 ``c <- m c + (1 - m) mean(g_t)`` (Eq. 4), the mean taken over every rank when training is distributed.
 """
 
@@ -31,6 +31,16 @@ def update_center_(center: torch.Tensor, teacher_rows: torch.Tensor, momentum: f
     center.mul_(momentum).add_(total / count, alpha=1.0 - momentum)
 
 
+def sharpened_targets(
+    teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float
+) -> torch.Tensor:
+    """The teacher's centred and sharpened distribution ``softmax((g_t - c) / tau_t)`` over the last axis,
+    without gradient (Sec. 3.1: centring prevents one dimension from dominating, sharpening with a low
+    ``tau_t`` from a uniform collapse)."""
+    with torch.no_grad():
+        return F.softmax((teacher_logits - center) / teacher_temp, dim=-1)
+
+
 class DINOLoss(nn.Module):
     """``forward(student_outputs, teacher_outputs, teacher_temp)``: lists of ``(B, K)`` logits, one per
     view. Student view ``i`` must be the same crop as teacher view ``i`` for ``i`` < number of teacher
@@ -44,8 +54,7 @@ class DINOLoss(nn.Module):
     def forward(
         self, student_outputs: list[torch.Tensor], teacher_outputs: list[torch.Tensor], teacher_temp: float
     ) -> torch.Tensor:
-        with torch.no_grad():
-            targets = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in teacher_outputs]
+        targets = [sharpened_targets(t, self.center, teacher_temp) for t in teacher_outputs]
         log_probs = [F.log_softmax(s / self.student_temp, dim=-1) for s in student_outputs]
         terms = [
             -(target * log_prob).sum(-1).mean()

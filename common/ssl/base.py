@@ -36,8 +36,9 @@ class SSLMethod(nn.Module):
             ema_update_(teacher, student, self.momentum)
 
     def export_encoder(self) -> nn.Module:
-        """The encoder written to the encoder file: the EMA teacher's where there is one (as DINO, iBOT
-        and SMIT evaluate it), otherwise the student's."""
+        """The encoder written to the encoder file: the EMA teacher's where there is one (DINO and iBOT
+        evaluate the teacher; SMIT's code saves the student, the collection exports the teacher for every
+        self-distillation method alike), otherwise the student's."""
         teacher = getattr(self, "teacher_encoder", None)
         return teacher if teacher is not None else self.encoder
 

@@ -1,4 +1,4 @@
-"""Schedules over training iterations (DINO, Caron et al. 2021, App. B; iBOT; SMIT).
+"""Schedules over training iterations (DINO, Caron et al. 2021, implementation details; iBOT; SMIT).
 
 - learning rate: linear warm-up from 0, then cosine decay to a final value;
 - weight decay: cosine from a start to an end value;

@@ -3,23 +3,33 @@ and masks."""
 
 from .builders import INTENSITY_MODES, intensity_transform, load_transforms, segmentation_transforms
 from .channels import AdaptChannelsd, adapt_channels, photometric_interpretation
+from .cutout import cutout, random_cutout_mask
 from .embeddings import SaveEmbeddingd
+from .genesis import ModelsGenesisd, genesis_transforms
 from .masking import random_block_mask, upsample_mask
+from .rotation import all_rotations, random_rotation_labels, rotate_batch
 from .ssl import MultiCropd, NormalizeByModalityd, embedding_transforms, pool_transforms, ssl_transforms
 
 __all__ = [
     "INTENSITY_MODES",
     "AdaptChannelsd",
+    "ModelsGenesisd",
     "MultiCropd",
     "NormalizeByModalityd",
     "SaveEmbeddingd",
     "adapt_channels",
+    "all_rotations",
+    "cutout",
     "embedding_transforms",
+    "genesis_transforms",
     "intensity_transform",
     "load_transforms",
     "photometric_interpretation",
     "pool_transforms",
     "random_block_mask",
+    "random_cutout_mask",
+    "random_rotation_labels",
+    "rotate_batch",
     "segmentation_transforms",
     "ssl_transforms",
     "upsample_mask",

@@ -1,12 +1,13 @@
 """Random block masks for masked image modelling in 2D and 3D (SimMIM, Xie et al. 2022, Sec. 3.2).
 
 A mask is drawn on a coarse grid of ``block``-sized cells (SimMIM's "mask patch size" in units of model
-patches) with exactly ``round(ratio * cells)`` cells masked per sample, then expanded to the model's patch
-grid. ``True`` marks a masked patch.
+patches) with exactly ``ratio * cells`` cells (rounded half up) masked per sample, then expanded to the
+model's patch grid. ``True`` marks a masked patch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,7 @@ def random_block_mask(
         raise ValueError(f"patch grid {grid} is not divisible by the mask block {block}")
     coarse = tuple(g // block for g in grid)
     cells = int(torch.tensor(coarse).prod())
-    n_masked = round(ratio * cells)
+    n_masked = math.floor(ratio * cells + 0.5)  # half rounds up (Python's round() would round to even)
     scores = torch.rand(batch_size, cells, generator=generator)
     order = scores.argsort(dim=1)
     mask = torch.zeros(batch_size, cells, dtype=torch.bool)
