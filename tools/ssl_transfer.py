@@ -28,9 +28,17 @@ FIELDS = ("method", "pretrain_s", "finetune_s", "mean_dice", *ORGANS)
 
 
 def pretrain(
-    method: str, out: Path, feature_size: int, pixdim: float, epochs: int, epoch_length: int
+    method: str,
+    out: Path,
+    feature_size: int,
+    pixdim: float,
+    epochs: int,
+    epoch_length: int,
+    learning_rate: float,
 ) -> Path:
-    """Run ``<method>_ssl_pretrain`` at a CPU-sized configuration; returns its encoder file."""
+    """Run ``<method>_ssl_pretrain`` at a CPU-sized configuration (64³ global and 32³ local views, batch 2,
+    one learning rate for every method: the papers' batch-scaled rules give ~1e-6 at batch 2); returns
+    its encoder file."""
     configs = Path(bundle_root(f"{method}_ssl_pretrain")) / "configs"
     run(
         "training",
@@ -40,7 +48,9 @@ def pretrain(
         feature_size=feature_size,
         pixdim=pixdim,
         global_size=64,
+        local_size=32,
         batch_size=2,
+        learning_rate=learning_rate,
         num_workers=0,
         max_epochs=epochs,
         epoch_length=epoch_length,
@@ -57,6 +67,7 @@ def main(
     pixdim: float = 4.0,
     pretrain_epochs: int = 4,
     pretrain_epoch_length: int = 20,
+    pretrain_learning_rate: float = 5e-4,
     finetune_epochs: int = 30,
     train_datalist_key: str = "training_2shot_seed0",
     learning_rate: float = 1e-3,

@@ -161,6 +161,7 @@ def ssl_transforms(
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = 2.0,
     ct_window: Sequence[float] = (-1000.0, 1000.0),
+    flip: bool = True,
 ) -> mt.Compose:
     """:func:`pool_transforms` followed by :class:`MultiCropd`: the whole pre-training pipeline."""
     views = MultiCropd(
@@ -173,6 +174,7 @@ def ssl_transforms(
         local_scale,
         augment,
         spatial_dims,
+        flip,
     )
     return mt.Compose([*pool_transforms(spatial_dims, in_channels, pixdim, ct_window), views])
 
