@@ -87,13 +87,17 @@ def main(
             continue
         out = root / method
         start = time.time()
-        encoder = (
-            None
-            if method == "scratch"
-            else pretrain(
-                method, out / "pretrain", feature_size, pixdim, pretrain_epochs, pretrain_epoch_length
+        encoder = None
+        if method != "scratch":
+            encoder = pretrain(
+                method,
+                out / "pretrain",
+                feature_size,
+                pixdim,
+                pretrain_epochs,
+                pretrain_epoch_length,
+                pretrain_learning_rate,
             )
-        )
         pretrain_s = time.time() - start
         overrides = {
             "ckpt_dir": str(out / "seg" / "models"),
