@@ -8,13 +8,16 @@ teachers listed by :meth:`SSLMethod.teacher_pairs`, and export :meth:`SSLMethod.
 
 from __future__ import annotations
 
+import copy
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 from .ema import ema_update_
 
 
-class SSLMethod(nn.Module):
+class SSLMethod(nn.Module, ABC):
     """Base class of the methods in ``common.ssl``.
 
     Subclasses set ``self.encoder`` (the student :class:`~common.networks.SwinEncoder`), optionally
@@ -42,9 +45,9 @@ class SSLMethod(nn.Module):
         teacher = getattr(self, "teacher_encoder", None)
         return teacher if teacher is not None else self.encoder
 
+    @abstractmethod
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses for ``batch`` (views named ``global_i`` / ``local_i``); ``"loss"`` is the total."""
-        raise NotImplementedError
 
 
 def views(batch: dict[str, torch.Tensor], kind: str) -> list[torch.Tensor]:
@@ -60,8 +63,6 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """A frozen copy of ``student``, the starting point of an EMA teacher."""
-    import copy
-
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
