@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import SwinUNETR
 
-from ..networks.swin import DEPTHS, NUM_HEADS, PATCH_SIZE, WINDOW_SIZE
+from ..networks.segmenter import build_segmenter
 from ..transforms.genesis import CORRUPTED_KEY
 from .base import SSLMethod, views
 
@@ -28,16 +27,9 @@ class ModelsGenesis(SSLMethod):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        self.net = SwinUNETR(
-            in_channels=in_channels,
-            out_channels=in_channels,
-            patch_size=PATCH_SIZE,
-            depths=DEPTHS,
-            num_heads=NUM_HEADS,
-            window_size=WINDOW_SIZE,
-            feature_size=feature_size,
-            spatial_dims=spatial_dims,
-            use_checkpoint=use_checkpoint,
+        # the network the encoder is later fine-tuned in, restoring the input's channels
+        self.net = build_segmenter(
+            "swinunetr", in_channels, in_channels, feature_size, spatial_dims, use_checkpoint=use_checkpoint
         )
         self.encoder = self.net.swinViT
 
