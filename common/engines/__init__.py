@@ -1,6 +1,6 @@
 """Ignite engines and handlers shared by every bundle's workflow."""
 
-from .handlers import ProgressBar, is_rank0
+from .handlers import AnnotatedClassesHandler, ProgressBar, is_rank0
 from .ssl_handlers import (
     EMATeacherHandler,
     EncoderExportHandler,
@@ -11,6 +11,7 @@ from .ssl_handlers import (
 from .ssl_trainer import NonFiniteLossError, SSLTrainer
 
 __all__ = [
+    "AnnotatedClassesHandler",
     "EMATeacherHandler",
     "EncoderExportHandler",
     "EpochLossTermsHandler",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch.distributed as dist
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.handlers import from_engine
 
@@ -32,3 +32,27 @@ class ProgressBar:
 
     def _loss_of(self, output) -> dict[str, float]:
         return {self.output_key: float(from_engine([self.output_key], first=True)(output))}
+
+
+class AnnotatedClassesHandler:
+    """Give a partial-label loss each batch's annotated classes before the iteration computes it.
+
+    MONAI's ``SupervisedTrainer`` calls ``loss(pred, label)``; this handler sets ``loss.annotated`` from
+    ``engine.state.batch[key]`` (written by :class:`common.transforms.AnnotatedClassesd`) at every
+    ``ITERATION_STARTED``, so :class:`common.losses.PartialLabelDiceCELoss` ignores, per sample, the classes
+    its source does not annotate (SuPreM, Li et al., ICLR 2024).
+    """
+
+    def __init__(self, loss, key: str = "annotated") -> None:
+        self.loss, self.key = loss, key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        if self.key not in batch:
+            raise KeyError(
+                f"the batch has no {self.key!r} entry (keys: {sorted(batch)}); add AnnotatedClassesd"
+            )
+        self.loss.annotated = batch[self.key]

@@ -9,15 +9,23 @@ from pathlib import Path
 import numpy as np
 
 
-def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+def dice_per_class(
+    pred: np.ndarray, label: np.ndarray, num_classes: int, annotated: Sequence[bool] | None = None
+) -> np.ndarray:
     """Dice ``2|P∩L| / (|P| + |L|)`` of each class 1..num_classes-1 between two label maps.
 
-    Classes absent from both maps get NaN (undefined), so that averages skip them.
+    Classes absent from both maps get NaN (undefined), so that averages skip them. With ``annotated``
+    (one bool per class, background first), classes the label's source does not annotate get NaN too:
+    a prediction there can be neither confirmed nor refuted (partial labels, SuPreM).
     """
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
+    if annotated is not None and len(annotated) != num_classes:
+        raise ValueError(f"annotated has {len(annotated)} entries for {num_classes} classes")
     scores = np.full(num_classes - 1, np.nan)
     for c in range(1, num_classes):
+        if annotated is not None and not annotated[c]:
+            continue
         p, g = pred == c, label == c
         denominator = p.sum() + g.sum()
         if denominator:

@@ -7,12 +7,15 @@ from .cutout import cutout, random_cutout_mask
 from .embeddings import SaveEmbeddingd
 from .genesis import ModelsGenesisd, genesis_transforms
 from .masking import random_block_mask, upsample_mask
+from .partial_labels import AnnotatedClassesd, MergeUnannotatedd, partial_label_transforms
 from .rotation import all_rotations, random_rotation_labels, rotate_batch
 from .ssl import MultiCropd, NormalizeByModalityd, embedding_transforms, pool_transforms, ssl_transforms
 
 __all__ = [
     "INTENSITY_MODES",
     "AdaptChannelsd",
+    "AnnotatedClassesd",
+    "MergeUnannotatedd",
     "ModelsGenesisd",
     "MultiCropd",
     "NormalizeByModalityd",
@@ -24,6 +27,7 @@ __all__ = [
     "genesis_transforms",
     "intensity_transform",
     "load_transforms",
+    "partial_label_transforms",
     "photometric_interpretation",
     "pool_transforms",
     "random_block_mask",

@@ -126,6 +126,7 @@ def segmentation_transforms(
                 num_classes=num_classes,
                 num_samples=num_samples,
                 indices_key=indices,
+                warn=False,  # classes absent from a volume (few-shot, partial labels) get ratio 0
             ),
             mt.DeleteItemsd(indices),
         ]
