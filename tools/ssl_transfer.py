@@ -11,7 +11,6 @@ printed at the end. A method whose row is already in the CSV is not run again (r
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from monai.bundle import run
 from common.bundle import bundle_root
 from common.data.prepare import prepare_all
 from common.evaluation.heldout import finetune_and_evaluate
+from common.evaluation.results import ResultsTable
 
 METHODS = ("simmim", "mae", "dino", "ibot", "smit", "simclr", "mocov3", "rotation", "genesis", "swinunetr")
 ORGANS = ("liver", "spleen", "stomach", "colon", "autochthon_left", "autochthon_right")
@@ -76,14 +76,10 @@ def main(
     prepare_all()
     root = Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
-    results = root / "results.csv"
-    done = {}
-    if results.is_file():
-        with results.open() as f:
-            done = {row["method"]: row for row in csv.DictReader(f)}
+    results = ResultsTable(root / "results.csv", FIELDS)
     for method in ["scratch", *methods]:
-        if method in done:
-            print(f"[ssl_transfer] {method}: already in {results}, skipped")
+        if method in results:
+            print(f"[ssl_transfer] {method}: already in {results.path}, skipped")
             continue
         out = root / method
         start = time.time()
@@ -123,17 +119,9 @@ def main(
             "mean_dice": round(result.mean_dice, 4),
             **{organ: round(result.dice_of(organ), 4) for organ in ORGANS},
         }
-        new_file = not results.is_file()
-        with results.open("a", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
-        done[method] = row
+        results.append(row)
         print(f"[ssl_transfer] {row}")
-    print("\n| " + " | ".join(FIELDS) + " |\n|" + "---|" * len(FIELDS))
-    for row in done.values():
-        print("| " + " | ".join(str(row[k]) for k in FIELDS) + " |")
+    print("\n" + results.markdown())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ those of the bare encoder module (for Swin: MONAI's ``SwinTransformer``, the ``s
 Checkpoints written by other tools often carry wrapper prefixes (``module.`` from DDP, ``swinViT.``,
 ``encoder.``, ``backbone.``, ``student.``); :func:`map_encoder_keys` strips the longest such chain so that
 they load as well.
+
+:func:`read_encoder_file` also reads whole-network checkpoints (MONAI ``CheckpointSaver`` files, SuPreM's
+``{"net": ...}`` files); ``common.networks.transfer`` loads those into a segmenter.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ KNOWN_PREFIXES = (
 
 
 class EncoderLoadError(RuntimeError):
-    """An encoder file does not fit the network it is loaded into."""
+    """A weights file (encoder or whole network) is unreadable or does not fit the module it is loaded in."""
 
 
 def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta) -> Path:
@@ -50,17 +53,18 @@ def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     """Return ``(state_dict, meta)`` of an encoder file or of a plain/bundle checkpoint.
 
     Accepts the collection's encoder files, MONAI bundle checkpoints (``{"network": state_dict, ...}`` or a
-    bare state dict) and the common ``{"state_dict": ...}`` / ``{"model": ...}`` layouts.
+    bare state dict), MONAI ``CheckpointSaver`` files (``{"model": state_dict, "optimizer": ...}``), SuPreM
+    checkpoints (``{"net": state_dict, "optimizer": ..., "epoch": ...}``) and ``{"state_dict": ...}``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained encoder file not found: {path}")
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise EncoderLoadError(f"{path}: not a readable PyTorch weights file ({err})") from err
     meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
-    for key in ("state_dict", "network", "model", "teacher", "student"):
+    for key in ("state_dict", "network", "model", "net", "teacher", "student"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
@@ -85,6 +89,27 @@ def map_encoder_keys(state_dict: Mapping[str, torch.Tensor], target_keys: Iterab
     return mapped
 
 
+def state_dict_problems(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], allow_missing: Iterable[str] = ()
+) -> list[str]:
+    """Lines listing the keys of ``own`` missing from ``state``, the unexpected keys of ``state`` and the
+    shape mismatches (each list cut at 20 names); empty when ``state`` fits ``own``. Keys in
+    ``allow_missing`` (exact names) may be absent."""
+    missing = sorted(set(own) - set(state) - set(allow_missing))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    lines = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            lines.append(f"  {title} keys: {shown}")
+    return lines
+
+
 def load_encoder(encoder: nn.Module, path: str | os.PathLike, allow_missing: Iterable[str] = ()) -> dict:
     """Load the encoder file at ``path`` into ``encoder`` with a strict key and shape check.
 
@@ -94,23 +119,9 @@ def load_encoder(encoder: nn.Module, path: str | os.PathLike, allow_missing: Ite
     state, meta = read_encoder_file(path)
     own = encoder.state_dict()
     state = map_encoder_keys(state, own)
-    missing = sorted(set(own) - set(state) - set(allow_missing))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: encoder weights do not fit {type(encoder).__name__} (meta: {meta})"]
-        for title, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", mismatched),
-        ):
-            if items:
-                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-                lines.append(f"  {title} keys: {shown}")
-        raise EncoderLoadError("\n".join(lines))
+    problems = state_dict_problems(own, state, allow_missing)
+    if problems:
+        header = f"{path}: encoder weights do not fit {type(encoder).__name__} (meta: {meta})"
+        raise EncoderLoadError("\n".join([header, *problems]))
     encoder.load_state_dict(state, strict=not allow_missing)
     return meta

@@ -1,21 +1,24 @@
-"""Assembly of segmentation networks from a (pre-trained) encoder.
+"""Assembly of segmentation networks from a (pre-trained) encoder or a pre-trained network.
 
 The SSL benchmark (papers/002, Sec. 3) pre-trains the Swin Transformer encoder of SwinUNETR
 (Hatamizadeh et al. 2022) and fine-tunes it inside a SwinUNETR-style network: Swin encoder, 3D CNN decoder,
-skip connections. :func:`build_segmenter` builds that network (or a residual U-Net as a CNN baseline) and
-loads an encoder file into the Swin encoder when one is given.
+skip connections. :func:`build_segmenter` builds that network (or a residual U-Net or a SegResNet as CNN
+baselines) and loads an encoder file into the Swin encoder when one is given. With ``pretrained_network``
+it instead loads a whole supervised pre-trained segmenter except its output layer, the transfer of SuPreM
+(Li et al., ICLR 2024; see ``common.networks.transfer``).
 """
 
 from __future__ import annotations
 
 import os
 
-from monai.networks.nets import SwinUNETR, UNet
+from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from .pretrained import load_encoder
+from .transfer import load_network_except_output
 
-ARCHITECTURES = ("swinunetr", "unet")
+ARCHITECTURES = ("swinunetr", "unet", "segresnet")
 
 
 def build_segmenter(
@@ -27,22 +30,34 @@ def build_segmenter(
     pretrained_encoder: str | os.PathLike | None = None,
     use_checkpoint: bool = False,
     dropout_path_rate: float = 0.0,
+    pretrained_network: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Build a segmenter; with ``pretrained_encoder``, its Swin encoder starts from that file.
 
     Args:
-        arch: ``"swinunetr"`` (MONAI SwinUNETR) or ``"unet"`` (MONAI residual U-Net, channels
-            ``feature_size * (1, 2, 4, 8, 16)``).
-        feature_size: Swin embedding dimension (a multiple of 12) or the U-Net's first-level channels.
-        pretrained_encoder: encoder file of a pre-training bundle (see ``common.networks.pretrained``).
+        arch: ``"swinunetr"`` (MONAI SwinUNETR), ``"unet"`` (MONAI residual U-Net, channels
+            ``feature_size * (1, 2, 4, 8, 16)``) or ``"segresnet"`` (MONAI SegResNet with SuPreM's
+            configuration: blocks_down (1, 2, 2, 4), blocks_up (1, 1, 1), no dropout; SuPreM uses
+            feature_size 16).
+        feature_size: Swin embedding dimension (a multiple of 12), the U-Net's first-level channels or the
+            SegResNet's ``init_filters``.
+        pretrained_encoder: encoder file of a pre-training bundle (see ``common.networks.pretrained``);
+            Swin UNETR only.
         use_checkpoint: gradient checkpointing in the Swin blocks (saves GPU memory; keep it off to export).
+        pretrained_network: checkpoint of a whole network of the same arch and size (any class count):
+            every layer but the output layer is loaded from it, the output layer keeps its fresh
+            initialisation (``common.networks.transfer.load_network_except_output``).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown segmenter arch {arch!r}; choose one of {ARCHITECTURES}")
+    if pretrained_encoder and pretrained_network:
+        raise ValueError(
+            "give pretrained_encoder (a Swin encoder) or pretrained_network (a whole network), not both"
+        )
+    if pretrained_encoder and arch != "swinunetr":
+        raise ValueError("pretrained_encoder loads a Swin encoder: use arch='swinunetr' with it")
     if arch == "unet":
-        if pretrained_encoder:
-            raise ValueError("pretrained_encoder loads a Swin encoder: use arch='swinunetr' with it")
-        return UNet(
+        net = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             out_channels=out_channels,
@@ -51,16 +66,29 @@ def build_segmenter(
             num_res_units=2,
             norm="instance",
         )
-    net = SwinUNETR(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        feature_size=feature_size,
-        spatial_dims=spatial_dims,
-        use_checkpoint=use_checkpoint,
-        dropout_path_rate=dropout_path_rate,
-    )
-    if pretrained_encoder:
-        load_encoder(net.swinViT, pretrained_encoder)
+    elif arch == "segresnet":
+        net = SegResNet(
+            spatial_dims=spatial_dims,
+            init_filters=feature_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            blocks_down=(1, 2, 2, 4),
+            blocks_up=(1, 1, 1),
+            dropout_prob=0.0,
+        )
+    else:
+        net = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            feature_size=feature_size,
+            spatial_dims=spatial_dims,
+            use_checkpoint=use_checkpoint,
+            dropout_path_rate=dropout_path_rate,
+        )
+        if pretrained_encoder:
+            load_encoder(net.swinViT, pretrained_encoder)
+    if pretrained_network:
+        load_network_except_output(net, pretrained_network)
     return net
 
 
