@@ -114,8 +114,8 @@ def _train_dirs(work_dir: Path) -> dict:
     return {"ckpt_dir": str(Path(work_dir) / "models"), "output_dir": str(Path(work_dir) / "eval")}
 
 
-def _infer_overrides(bundle: Path, ckpt: Path | None, work_dir: Path | None = None) -> dict:
-    overrides = smoke_overrides(bundle, "inference.json")
+def _infer_overrides(bundle: Path, ckpt: Path | None, work_dir: Path | None = None, **extra) -> dict:
+    overrides = {**smoke_overrides(bundle, "inference.json"), **extra}
     if ckpt is not None:
         overrides["ckpt_path"] = str(ckpt)
     if work_dir is not None:
@@ -146,9 +146,10 @@ def inference_checkpoint_name(bundle: Path) -> str:
     return Path(parser.get_parsed_content("ckpt_path")).name
 
 
-def infer_smoke(bundle: Path, ckpt: Path, work_dir: Path) -> list[Path]:
-    """``ConfigWorkflow`` inference from ``ckpt``; returns the files it wrote under ``work_dir/infer``."""
-    overrides = _infer_overrides(bundle, ckpt, work_dir)
+def infer_smoke(bundle: Path, ckpt: Path, work_dir: Path, **overrides) -> list[Path]:
+    """``ConfigWorkflow`` inference from ``ckpt`` (smoke overrides, then ``overrides``); returns the files it
+    wrote under ``work_dir/infer``."""
+    overrides = _infer_overrides(bundle, ckpt, work_dir, **overrides)
     workflow = _workflow(bundle, "infer", [config_path(bundle, "inference.json")], **overrides)
     workflow.run()
     workflow.finalize()
@@ -187,8 +188,8 @@ def example_input_shape(bundle: Path) -> list[int]:
     return [1, int(image["num_channels"]), *spatial]
 
 
-def check_net_in_out(bundle: Path) -> None:
-    """``monai.bundle.verify_net_in_out`` on the inference network at the smoke size."""
+def check_net_in_out(bundle: Path, **overrides) -> None:
+    """``monai.bundle.verify_net_in_out`` on the inference network at the smoke size (and ``overrides``)."""
     config = config_path(bundle, "inference.json")
     try:
         verify_net_in_out(
@@ -197,16 +198,16 @@ def check_net_in_out(bundle: Path) -> None:
             config_file=config,
             device="cpu",
             n=SHAPE_FACTOR,
-            **_infer_overrides(bundle, None),
+            **_infer_overrides(bundle, None, **overrides),
         )
     except (ValueError, KeyError, RuntimeError) as e:
         raise BundleCheckError(f"{config}: verify_net_in_out failed: {e}") from e
 
 
-def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path) -> Path:
+def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path, **overrides) -> Path:
     """``monai.bundle.ckpt_export`` (trace) of ``ckpt``; the TorchScript output must equal eager."""
     config = config_path(bundle, "inference.json")
-    overrides = _infer_overrides(bundle, None)
+    overrides = _infer_overrides(bundle, None, **overrides)
     exported = Path(work_dir) / "model.ts"
     shape = example_input_shape(bundle)
     weights, key_in_ckpt = model_weights(ckpt)

@@ -102,3 +102,12 @@ def annotated_mask(annotated: Sequence[str], class_names: Sequence[str]) -> np.n
     mask = np.isin(np.asarray(class_names), list(annotated))
     mask[0] = True
     return mask
+
+
+def covered_structures(
+    class_names: Sequence[str] = SUPREM_CLASSES,
+    aliases: Mapping[str, Sequence[str]] = TOTALSEGMENTATOR_ALIASES,
+) -> set[str]:
+    """Every structure name a class list covers, its classes' aliases included: a downstream class whose
+    name is not in this set is *novel* to a network pre-trained on ``class_names``."""
+    return {name for cls in class_names[1:] for name in (cls, *aliases.get(cls, ()))}

@@ -53,18 +53,20 @@ def finetune_and_evaluate(overrides: dict, tracking: str | None = None) -> HeldO
     return score_heldout(Path(overrides["output_dir"]), overrides["pixdim"])
 
 
-def score_heldout(eval_dir: Path, pixdim) -> HeldOutResult:
-    """Dice of the prediction ``<eval_dir>/<subject>_seg.nii.gz`` against the held-out label, both at
-    ``pixdim`` (the evaluation pipeline's spacing, where the prediction was saved)."""
-    names = class_names(str(DATALIST))
-    item = load_decathlon_datalist(str(DATALIST), True, "test", str(dataset_dir()))[0]
+def score_heldout(eval_dir: Path, pixdim, datalist: Path = DATALIST, annotated=None) -> HeldOutResult:
+    """Dice of the prediction ``<eval_dir>/<subject>_seg.nii.gz`` against the held-out label of
+    ``datalist`` (its ``test`` key), both at ``pixdim`` (the evaluation pipeline's spacing, where the
+    prediction was saved). ``annotated`` (one bool per class) leaves classes the label's source does not
+    annotate out (NaN), as :func:`~common.evaluation.segmentation.dice_per_class` does."""
+    names = class_names(str(datalist))
+    item = load_decathlon_datalist(str(datalist), True, "test", str(dataset_dir()))[0]
     sample = segmentation_transforms("val", pixdim=pixdim)(item)
     image, label = sample["image"][0].numpy(), sample["label"][0].numpy().astype(np.int64)
     pred_file = Path(eval_dir) / (Path(item["image"]).name.split(".")[0] + "_seg.nii.gz")
     pred = np.asarray(nib.load(pred_file).dataobj).squeeze().astype(np.int64)
     return HeldOutResult(
         names=names[1:],
-        dice=dice_per_class(pred, label, len(names)),
+        dice=dice_per_class(pred, label, len(names), annotated),
         baseline=trivial_dice(label, len(names)),
         image=image,
         label=label,
