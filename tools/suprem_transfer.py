@@ -140,20 +140,22 @@ def main(
                 print(f"[suprem_transfer] {table.rows[name]}", flush=True)
 
     for init in ("scratch", "suprem"):
-        name = f"lesions_{init}"
-        if name in table:
-            continue
-        start = time.time()
-        run(
-            "evaluating",
-            config_file=_configs(SUPREM, "lesion_classification.json"),
-            backbone=backbone,
-            feature_size=feature_size,
-            ckpt_path=str(checkpoint) if init == "suprem" else None,
-            output_dir=str(root / name),
-        )
-        auc = json.loads((root / name / "lesion_classification.json").read_text())["auc"]
-        table.append(_row(name, init, "", 0, time.time() - start, auc=round(auc, 4)))
+        for seed in seeds:  # scratch: another random network per seed; both: other patches per seed
+            name = f"lesions_{init}_seed{seed}"
+            if name in table:
+                continue
+            start = time.time()
+            run(
+                "evaluating",
+                config_file=_configs(SUPREM, "lesion_classification.json"),
+                backbone=backbone,
+                feature_size=feature_size,
+                ckpt_path=str(checkpoint) if init == "suprem" else "",  # "": random initialisation
+                output_dir=str(root / name),
+                seed=seed,
+            )
+            auc = json.loads((root / name / "lesion_classification.json").read_text())["auc"]
+            table.append(_row(name, init, "", seed, time.time() - start, auc=round(auc, 4)))
 
     print("\n" + table.markdown())
     print("\n" + summary(table))
@@ -182,6 +184,15 @@ def summary(table: ResultsTable) -> str:
         a, b = values[("suprem", "mean_dice")], values[("scratch", "mean_dice")]
         t, p = t_test(a, b) if min(len(a), len(b)) > 1 else (float("nan"), float("nan"))
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {t:.2f} | {p:.3f} |")
+    aucs = {
+        init: [float(r["auc"]) for r in table.rows.values() if r["run"].startswith(f"lesions_{init}_")]
+        for init in ("scratch", "suprem")
+    }
+    if all(aucs.values()):
+        t, p = t_test(aucs["suprem"], aucs["scratch"]) if min(map(len, aucs.values())) > 1 else (np.nan,) * 2
+        lines += ["", "| lesion AUC | scratch | SuPreM | t | p |", "|---|---|---|---|---|"]
+        cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}" for v in aucs.values()]
+        lines.append("| leave-one-case-out | " + " | ".join(cells) + f" | {t:.2f} | {p:.3f} |")
     return "\n".join(lines)
 
 
