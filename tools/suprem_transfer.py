@@ -33,9 +33,11 @@ from common.data.partial_labels import SUPREM_CLASSES, annotated_mask, covered_s
 from common.data.prepare import prepare_all
 from common.evaluation.heldout import finetune_and_evaluate, score_heldout
 from common.evaluation.results import ResultsTable
+from common.evaluation.stats import mean_sd, significance_marker, t_test_independent
 
 SUPREM = "suprem_pretrain"
 SUPREM_DATALIST = REPO_ROOT / "data_lists" / "suprem_ct.json"
+INITS = ("scratch", "suprem")
 FIELDS = ("run", "init", "shots", "seed", "seconds", "mean_dice", "seen_dice", "novel_dice", "liver", "auc")
 
 
@@ -60,14 +62,6 @@ def _row(run_name, init, shots, seed, seconds, result=None, auc="") -> dict:
             liver=round(result.dice_of("liver"), 4),
         )
     return row
-
-
-def t_test(a, b) -> tuple[float, float]:
-    """Two-sample t-test (equal variances, as the paper's) of ``a`` versus ``b``: (t, p)."""
-    from scipy.stats import ttest_ind
-
-    result = ttest_ind(a, b)
-    return float(result.statistic), float(result.pvalue)
 
 
 def main(
@@ -161,38 +155,33 @@ def main(
     print("\n" + summary(table))
 
 
+def _compare(label: str, scratch: list[float], suprem: list[float]) -> str:
+    """A Markdown row: mean ± sd of each arm and the two-sample t-test of SuPreM versus scratch."""
+    cells = []
+    for values in (scratch, suprem):
+        mean, sd = mean_sd(values)
+        cells.append(f"{mean:.4f} ± {0.0 if np.isnan(sd) else sd:.4f} (n={len(values)})")
+    t, p = t_test_independent(suprem, scratch) if min(len(scratch), len(suprem)) > 1 else (np.nan, np.nan)
+    return f"| {label} | {cells[0]} | {cells[1]} | {t:.2f} | {p:.3f} {significance_marker(p)} |"
+
+
 def summary(table: ResultsTable) -> str:
-    """Mean ± sd of the held-out Dice per (init, shots), and scratch-versus-SuPreM t-tests."""
-    lines = ["| shots | scratch mean Dice | SuPreM mean Dice | novel classes: scratch | SuPreM | t | p |"]
-    lines.append("|---|---|---|---|---|---|---|")
-    rows = [
-        r
-        for r in table.rows.values()
-        if r["init"] in ("scratch", "suprem") and str(r["shots"]) not in ("", "0")
-    ]
-    for n in sorted({int(r["shots"]) for r in rows}):
-        values = {
-            (init, key): [float(r[key]) for r in rows if r["init"] == init and int(r["shots"]) == n]
-            for init in ("scratch", "suprem")
-            for key in ("mean_dice", "novel_dice")
-        }
-        cells = [
-            f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.4f} (n={len(v)})"
-            for v in (values[("scratch", "mean_dice")], values[("suprem", "mean_dice")])
-        ]
-        cells += [f"{np.mean(values[(i, 'novel_dice')]):.4f}" for i in ("scratch", "suprem")]
-        a, b = values[("suprem", "mean_dice")], values[("scratch", "mean_dice")]
-        t, p = t_test(a, b) if min(len(a), len(b)) > 1 else (float("nan"), float("nan"))
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {t:.2f} | {p:.3f} |")
-    aucs = {
-        init: [float(r["auc"]) for r in table.rows.values() if r["run"].startswith(f"lesions_{init}_")]
-        for init in ("scratch", "suprem")
-    }
-    if all(aucs.values()):
-        t, p = t_test(aucs["suprem"], aucs["scratch"]) if min(map(len, aucs.values())) > 1 else (np.nan,) * 2
-        lines += ["", "| lesion AUC | scratch | SuPreM | t | p |", "|---|---|---|---|---|"]
-        cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}" for v in aucs.values()]
-        lines.append("| leave-one-case-out | " + " | ".join(cells) + f" | {t:.2f} | {p:.3f} |")
+    """Scratch versus SuPreM: held-out mean Dice (all classes, novel classes) per shot count, and lesion
+    AUC; mean ± sd over seeds and a two-sample t-test (Li et al., ICLR 2024, Table 2)."""
+    lines = ["| comparison | scratch | SuPreM | t | p |", "|---|---|---|---|---|"]
+    rows = list(table.rows.values())
+    finetunes = [r for r in rows if r["init"] in ("scratch", "suprem") and str(r["shots"]) not in ("", "0")]
+    for n in sorted({int(r["shots"]) for r in finetunes}):
+        for key, label in (("mean_dice", "mean Dice"), ("novel_dice", "novel-class Dice")):
+            arms = [
+                [float(r[key]) for r in finetunes if r["init"] == init and int(r["shots"]) == n]
+                for init in ("scratch", "suprem")
+            ]
+            if all(arms):
+                lines.append(_compare(f"{n}-shot {label}", *arms))
+    aucs = [[float(r["auc"]) for r in rows if r["run"].startswith(f"lesions_{init}_")] for init in INITS]
+    if all(aucs):
+        lines.append(_compare("lesion AUC (leave-one-case-out)", *aucs))
     return "\n".join(lines)
 
 
