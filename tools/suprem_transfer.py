@@ -160,7 +160,7 @@ def _compare(label: str, scratch: list[float], suprem: list[float]) -> str:
     cells = []
     for values in (scratch, suprem):
         mean, sd = mean_sd(values)
-        cells.append(f"{mean:.4f} ± {0.0 if np.isnan(sd) else sd:.4f} (n={len(values)})")
+        cells.append(f"{mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}") + f" (n={len(values)})")
     t, p = t_test_independent(suprem, scratch) if min(len(scratch), len(suprem)) > 1 else (np.nan, np.nan)
     return f"| {label} | {cells[0]} | {cells[1]} | {t:.2f} | {p:.3f} {significance_marker(p)} |"
 
