@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .figures import new_figure, save_figure
+
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64)
@@ -154,25 +156,12 @@ def plot_cka(values: Mapping[str, float], path: str | os.PathLike, title: str = 
     """Bar chart (PNG) of CKA per layer, written atomically (temporary file, then ``os.replace``)."""
     if not values:
         raise ValueError("no CKA values to plot")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names, heights = list(values), [float(v) for v in values.values()]
-    fig = Figure(figsize=(max(4.0, 0.5 * len(names) + 1.5), 3.8))
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(4.0, 0.5 * len(names) + 1.5), 3.8))
     ax = fig.add_subplot()
     bars = ax.bar(range(len(names)), heights, color="tab:blue")
     ax.bar_label(bars, labels=[f"{h:.2f}" for h in heights], fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set(ylabel="linear CKA", ylim=(0, 1.1), title=title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(fig, path)

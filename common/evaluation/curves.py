@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .figures import new_figure, save_figure
+
 __all__ = [
     "DEFAULT_METRICS",
     "MONAI_DEFAULT_ITERATION_TAG",
@@ -302,19 +304,6 @@ def group_mean_sd(
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _save_png(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def convergence_figure(
     histories: Sequence[Mapping[str, Any]],
     group_by: GroupBy = "method",
@@ -324,9 +313,6 @@ def convergence_figure(
     xlabels: Mapping[str, str] | None = None,
 ):
     """The ``matplotlib.figure.Figure`` that :func:`convergence_curves` saves (see there)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     histories = list(histories)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if not histories:
@@ -343,8 +329,7 @@ def convergence_figure(
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     xlabels = {**_X_LABELS, **(xlabels or {})}
 
-    fig = Figure(figsize=(5.0 * len(metrics), 4.0))
-    FigureCanvasAgg(fig)
+    fig = new_figure((5.0 * len(metrics), 4.0))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics, strict=True):
         for label, (steps, mean, sd) in curves[metric].items():
@@ -395,7 +380,7 @@ def convergence_curves(
     if path is None:
         raise TypeError("convergence_curves() needs a path for the PNG")
     fig = convergence_figure(histories, group_by, metrics, smooth, title, xlabels)
-    return _save_png(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------------- ranks
@@ -441,9 +426,6 @@ def cross_task_rank_figure(
     higher_is_better: bool = True,
 ):
     """The ``matplotlib.figure.Figure`` that :func:`cross_task_rank_plot` saves (see there)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     seg = mean_ranks(segmentation_scores, higher_is_better)
     cls = mean_ranks(classification_scores, higher_is_better)
     if set(seg) != set(cls):
@@ -452,8 +434,7 @@ def cross_task_rank_figure(
             f"{sorted(set(seg) - set(cls))}, only classification {sorted(set(cls) - set(seg))}"
         )
     n = len(seg)
-    fig = Figure(figsize=(5.5, 5.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure((5.5, 5.5))
     ax = fig.add_subplot()
     lims = (n + 0.5, 0.5)  # inverted: rank 1 (best) at the right / top
     ax.plot([lims[0], lims[1]], [lims[0], lims[1]], ls="--", color="0.6", lw=1, label="same rank")
@@ -489,4 +470,4 @@ def cross_task_rank_plot(
     (``ValueError`` otherwise). Written atomically; returns the path.
     """
     fig = cross_task_rank_figure(segmentation_scores, classification_scores, title, higher_is_better)
-    return _save_png(fig, path)
+    return save_figure(fig, path, dpi=120)

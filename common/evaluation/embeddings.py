@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .figures import new_figure, save_figure
+
 
 def _as_matrix(features, name: str = "features") -> torch.Tensor:
     x = torch.as_tensor(np.asarray(features.detach().cpu() if torch.is_tensor(features) else features))
@@ -165,18 +167,6 @@ def tsne(
     return y.numpy()
 
 
-def _atomic_savefig(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_embedding(
     points,
     labels,
@@ -192,8 +182,6 @@ def plot_embedding(
     atomically (temporary file, then ``os.replace``).
     """
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     pts = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points, dtype=np.float64)
     lab = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels)
@@ -209,8 +197,7 @@ def plot_embedding(
         colours = [colormaps["tab20"](i) for i in range(m)]
     else:
         colours = [colormaps["turbo"](v) for v in np.linspace(0.0, 1.0, m)]
-    fig = Figure(figsize=(6.4 if m <= 10 else 8.0, 5.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.4 if m <= 10 else 8.0, 5.2))
     ax = fig.add_subplot()
     for c, colour in zip(classes, colours, strict=True):
         sel = lab == c
@@ -220,7 +207,7 @@ def plot_embedding(
     ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1.01, 0.5), ncols=1 + m // 25)
     ax.set(title=title, xticks=[], yticks=[])
     fig.tight_layout()
-    return _atomic_savefig(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def patch_pca_rgb(
@@ -272,9 +259,6 @@ def save_patch_pca(image2d, rgb, path: str | os.PathLike, title: str = "") -> Pa
     (row = vertical axis); the RGB map is upsampled by nearest neighbour to (h, w): pixel ``(i, j)`` takes
     patch ``(floor(i H / h), floor(j W / w))``. Written atomically (Figure + FigureCanvasAgg).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     img = np.asarray(image2d.detach().cpu() if torch.is_tensor(image2d) else image2d, dtype=np.float64)
     colour = np.asarray(rgb.detach().cpu() if torch.is_tensor(rgb) else rgb, dtype=np.float64)
     if img.ndim != 2:
@@ -285,8 +269,7 @@ def save_patch_pca(image2d, rgb, path: str | os.PathLike, title: str = "") -> Pa
     rows, cols = (np.arange(ih) * gh) // ih, (np.arange(iw) * gw) // iw
     upsampled = np.clip(colour[rows][:, cols], 0.0, 1.0)
     lo, hi = np.percentile(img, [1, 99])
-    fig = Figure(figsize=(8.0, 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((8.0, 4.2))
     ax_img, ax_rgb = fig.subplots(1, 2)
     ax_img.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
     ax_img.set(title="image", xticks=[], yticks=[])
@@ -295,7 +278,7 @@ def save_patch_pca(image2d, rgb, path: str | os.PathLike, title: str = "") -> Pa
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _atomic_savefig(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def _top_k_labels(

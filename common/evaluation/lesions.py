@@ -27,6 +27,7 @@ from ..data.cache import dataset_dir as default_dataset_dir
 from ..data.datalists import read_key
 from ..networks.features import encoder_features
 from ..transforms.builders import load_transforms
+from .figures import new_figure, save_figure
 
 INTENSITY_OF_MODALITY = {"CT": "ct", "MR": "mr"}
 BODY_THRESHOLD_HU = -500.0
@@ -188,13 +189,9 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _save_roc(path: Path, scores: np.ndarray, labels: np.ndarray, auc: float, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fpr, tpr = _roc_points(scores, labels)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = new_figure((4.5, 4.5))
+    ax = fig.add_subplot()
     ax.plot(fpr, tpr, label=f"leave-one-case-out, AUC {auc:.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
     ax.set(
@@ -202,10 +199,7 @@ def _save_roc(path: Path, scores: np.ndarray, labels: np.ndarray, auc: float, ti
     )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def lesion_classification(
