@@ -236,7 +236,7 @@ def prepare_suprem_ct(root: Path, lesions: list[dict[str, str]]) -> dict:
             "description": descriptions[source_of[subject]],
         }
         items[subject] = {"image": str(image.relative_to(root)), "label": str(label.relative_to(root))}
-    tumour = SUPREM_CLASSES.index("lung_tumor")
+    tumour, radiomics = SUPREM_CLASSES.index("lung_tumor"), fetch(SOURCES["pyradiomics"])
     sources["pyradiomics_lung"] = {
         "annotated": ["lung_tumor"],
         "description": descriptions["pyradiomics_lung"],
@@ -245,7 +245,7 @@ def prepare_suprem_ct(root: Path, lesions: list[dict[str, str]]) -> dict:
         if lesion["site"] == "lung":
             case = lesion["subject"]
             label = _relabelled_nrrd(
-                fetch(SOURCES["pyradiomics"]) / f"data/{case.split('_', 1)[1]}_label.nrrd",
+                radiomics / f"data/{case.split('_', 1)[1]}_label.nrrd",
                 root / "ct_suprem" / f"{case}_label.nii.gz",
                 {1: tumour},
                 root / lesion["image"],
