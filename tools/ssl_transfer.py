@@ -15,49 +15,15 @@ import time
 from pathlib import Path
 
 import fire
-from monai.bundle import run
 
-from common.bundle import bundle_root
 from common.data.prepare import prepare_all
 from common.evaluation.heldout import finetune_and_evaluate
+from common.evaluation.matrix import pretrain_ssl as pretrain
 from common.evaluation.results import ResultsTable
 
 METHODS = ("simmim", "mae", "dino", "ibot", "smit", "simclr", "mocov3", "rotation", "genesis", "swinunetr")
 ORGANS = ("liver", "spleen", "stomach", "colon", "autochthon_left", "autochthon_right")
 FIELDS = ("method", "pretrain_s", "finetune_s", "mean_dice", *ORGANS)
-
-
-def pretrain(
-    method: str,
-    out: Path,
-    feature_size: int,
-    pixdim: float,
-    epochs: int,
-    epoch_length: int,
-    learning_rate: float,
-) -> Path:
-    """Run ``<method>_ssl_pretrain`` at a CPU-sized configuration (64³ global and 32³ local views, batch 2,
-    one learning rate for every method: the papers' batch-scaled rules give ~1e-6 at batch 2); returns
-    its encoder file."""
-    configs = Path(bundle_root(f"{method}_ssl_pretrain")) / "configs"
-    run(
-        "training",
-        config_file=str(configs / "train.json"),
-        ckpt_dir=str(out / "models"),
-        output_dir=str(out / "eval"),
-        feature_size=feature_size,
-        pixdim=pixdim,
-        global_size=64,
-        local_size=32,
-        batch_size=2,
-        learning_rate=learning_rate,
-        num_workers=0,
-        max_epochs=epochs,
-        epoch_length=epoch_length,
-        warmup_epochs=1,
-        save_interval=epochs,
-    )
-    return out / "models" / "encoder.pt"
 
 
 def main(
