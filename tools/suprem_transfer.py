@@ -54,11 +54,12 @@ def _row(run_name, init, shots, seed, seconds, result=None, auc="") -> dict:
     row = dict.fromkeys(FIELDS, "")
     row.update(run=run_name, init=init, shots=shots, seed=seed, seconds=round(seconds), auc=auc)
     if result is not None:
-        novel = [name not in covered_structures() for name in result.names]
+        covered = covered_structures()
+        novel = np.array([name not in covered for name in result.names])
         row.update(
             mean_dice=_nanmean(result.dice),
-            seen_dice=_nanmean(result.dice[~np.array(novel)]),
-            novel_dice=_nanmean(result.dice[np.array(novel)]),
+            seen_dice=_nanmean(result.dice[~novel]),
+            novel_dice=_nanmean(result.dice[novel]),
             liver=round(result.dice_of("liver"), 4),
         )
     return row

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .stats import bootstrap_ci, mean_sd, significance_marker, wilcoxon_signed_rank
+from .stats import bootstrap_ci, mean_sd, paired_differences, significance_marker, wilcoxon_signed_rank
 
 # MONAI SwinTransformer modules whose outputs are the encoder's five representations; layersN is a
 # ModuleList of one BasicLayer (the list itself is never called, so hooks go on its element 0).
@@ -68,14 +68,6 @@ def _normal(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _nonzero_differences(a: np.ndarray, b: np.ndarray) -> int:
-    """Number of non-zero paired differences as :func:`~common.evaluation.stats.wilcoxon_signed_rank`
-    counts them (scaled by ``max(|a|, |b|)`` and rounded to 12 decimals)."""
-    scale = max(float(np.abs(a).max()), float(np.abs(b).max())) if a.size else 0.0
-    d = np.round((a - b) / scale, 12) if scale > 0 else a - b
-    return int(np.count_nonzero(d))
 
 
 def results_rows(
@@ -140,7 +132,7 @@ def results_rows(
             a = np.array([by_seed[s] for s in shared], dtype=np.float64)
             b = np.array([base[s] for s in shared], dtype=np.float64)
             record["n_pairs"] = len(shared)
-            if len(shared) >= 2 and _nonzero_differences(a, b) >= 2:
+            if len(shared) >= 2 and np.count_nonzero(paired_differences(a, b)) >= 2:
                 record["statistic"], record["p"] = wilcoxon_signed_rank(a, b)
                 record["marker"] = significance_marker(record["p"])
         out.append(record)

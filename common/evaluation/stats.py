@@ -106,6 +106,15 @@ def paired_bootstrap_ci(
     return bootstrap_ci(x - y, np.mean, confidence, n_resamples, seed)
 
 
+def paired_differences(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """``a - b`` divided by ``max(|a|, |b|)`` and rounded to 12 decimals: the differences
+    :func:`wilcoxon_signed_rank` ranks (float noise neither splits equal differences nor makes zeros
+    non-zero)."""
+    x, y = _as_pair(a, b)
+    scale = max(float(np.abs(x).max()), float(np.abs(y).max()))
+    return np.round((x - y) / scale, 12) if scale > 0 else x - y
+
+
 def wilcoxon_signed_rank(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank test of paired samples (thin wrapper of ``scipy.stats.wilcoxon``).
 
@@ -120,9 +129,7 @@ def wilcoxon_signed_rank(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
     scores (0.81 - 0.78 vs 0.83 - 0.80) into distinct ranks, and near-zero differences into non-zeros.
     Raises ValueError for unequal lengths, NaNs, or when every difference is zero.
     """
-    x, y = _as_pair(a, b)
-    scale = max(float(np.abs(x).max()), float(np.abs(y).max()))
-    d = np.round((x - y) / scale, 12) if scale > 0 else x - y
+    d = paired_differences(a, b)
     if not np.any(d != 0):
         raise ValueError(f"all {d.size} paired differences are zero: the Wilcoxon test is undefined")
     result = _st.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="auto")
