@@ -1,6 +1,13 @@
 """Ignite engines and handlers shared by every bundle's workflow."""
 
-from .handlers import AnnotatedClassesHandler, ProgressBar, is_rank0
+from .handlers import (
+    AnnotatedClassesHandler,
+    CheckpointLoader,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    ProgressBar,
+    is_rank0,
+)
 from .ssl_handlers import (
     EMATeacherHandler,
     EncoderExportHandler,
@@ -8,14 +15,16 @@ from .ssl_handlers import (
     SSLScheduleHandler,
     parameter_groups,
 )
-from .ssl_trainer import NonFiniteLossError, SSLTrainer
+from .ssl_trainer import SSLTrainer
 
 __all__ = [
     "AnnotatedClassesHandler",
+    "CheckpointLoader",
     "EMATeacherHandler",
     "EncoderExportHandler",
     "EpochLossTermsHandler",
     "NonFiniteLossError",
+    "NonFiniteLossGuard",
     "ProgressBar",
     "SSLScheduleHandler",
     "SSLTrainer",

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
+from monai.engines import IterationEvents
+from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import from_engine
+
+from ..networks.pretrained import EncoderLoadError
 
 
 def is_rank0() -> bool:
@@ -56,3 +63,64 @@ class AnnotatedClassesHandler:
                 f"the batch has no {self.key!r} entry (keys: {sorted(batch)}); add AnnotatedClassesd"
             )
         self.loss.annotated = batch[self.key]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
+
+
+class NonFiniteLossGuard:
+    """Stop training at the first NaN or infinite loss, before that iteration's backward pass and step.
+
+    Runs at MONAI's ``IterationEvents.LOSS_COMPLETED``, which ``SupervisedTrainer`` and
+    :class:`~common.engines.SSLTrainer` fire once the loss is computed and before back-propagating it, and
+    raises :class:`NonFiniteLossError` naming the iteration, the epoch and every scalar entry of the
+    iteration's output (``loss`` and, for a self-supervised method, each named loss term). As no gradient of
+    the bad loss reaches the weights, the network and the optimiser keep the state of the last finite
+    iteration: checkpoints already written are left as they are, and one that a ``CheckpointSaver`` writes
+    on the exception (``save_final``) holds that last good state, not NaN weights.
+
+    ``SSLTrainer`` attaches one itself; supervised train configs list it in their ``train#handlers``.
+    """
+
+    def __init__(self, loss_key: str = "loss") -> None:
+        self.loss_key = loss_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        terms = output[0] if isinstance(output, list | tuple) else output
+        if not isinstance(terms, Mapping) or self.loss_key not in terms:
+            raise KeyError(f"the iteration output has no {self.loss_key!r} entry to check")
+        if torch.isfinite(torch.as_tensor(terms[self.loss_key])).all():
+            return
+        values = ", ".join(
+            f"{name}={float(torch.as_tensor(value).detach()):.4g}"
+            for name, value in terms.items()
+            if isinstance(value, float | int) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {values}; "
+            "training stopped before this step's backward pass and optimiser step, so the weights keep the "
+            "last finite iteration's state"
+        )
+
+
+class CheckpointLoader(_MonaiCheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (which reads with ``torch.load(..., weights_only=True)``) whose errors
+    name the checkpoint file.
+
+    An absent, truncated or non-PyTorch file, and a checkpoint of another network (torch lists the missing
+    and unexpected keys), raise :class:`~common.networks.EncoderLoadError` ``"<path>: cannot load the
+    checkpoint (<torch's error>)"``; MONAI's own message does not say which file failed.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except Exception as err:  # torch raises several types for absent, truncated or foreign files
+            raise EncoderLoadError(
+                f"{self.load_path}: cannot load the checkpoint ({type(err).__name__}: {err})"
+            ) from err

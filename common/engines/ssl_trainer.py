@@ -3,25 +3,29 @@
 A method (``common.ssl``) maps a batch of views to a dict of named losses; :class:`SSLTrainer` does the
 rest of a step: move the views (a dict) to the device, call the method through the ``inferer`` (MONAI's
 ``SimpleInferer``: ``method(views)``), autocast (AMP) where asked, back-propagate ``"loss"``, clip the
-gradient norm, step the optimiser, and stop on a non-finite loss naming the iteration and every term.
-Everything else (schedules, EMA teacher, checkpoints, encoder export, MLflow) is a handler.
+gradient norm and step the optimiser. Everything else (schedules, EMA teacher, checkpoints, encoder export,
+MLflow) is a handler; the trainer attaches one itself, :class:`~common.engines.NonFiniteLossGuard`, so every
+method stops on a non-finite loss, before its backward pass, naming the iteration and every term.
 """
 
 from __future__ import annotations
 
 import torch
-from monai.engines import Trainer
+from monai.engines import IterationEvents, Trainer
 from monai.inferers import Inferer, SimpleInferer
 from torch.nn.utils import clip_grad_norm_
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
+from .handlers import NonFiniteLossGuard
 
 
 class SSLTrainer(Trainer):
     """``engine.state.output`` after each iteration: ``[{name: detached loss}]`` (``"loss"`` the total), a
-    one-item list, the layout MONAI's handlers read with ``from_engine(["loss"], first=True)``."""
+    one-item list, the layout MONAI's handlers read with ``from_engine(["loss"], first=True)``.
+
+    Once the method has returned its losses the trainer sets ``engine.state.output`` to ``[losses]`` and
+    fires ``IterationEvents.LOSS_COMPLETED`` (as MONAI's ``SupervisedTrainer`` does), where its
+    :class:`~common.engines.NonFiniteLossGuard` checks them before the backward pass.
+    """
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class SSLTrainer(Trainer):
         self.inferer = inferer or SimpleInferer()
         self.clip_grad_norm = clip_grad_norm
         self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp)
+        NonFiniteLossGuard().attach(self)
 
     def _iteration(self, engine: SSLTrainer, batchdata: dict) -> list[dict[str, torch.Tensor]]:
         batch = {
@@ -63,13 +68,9 @@ class SSLTrainer(Trainer):
         engine.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(engine.state.device).type, enabled=engine.amp):
             losses = engine.inferer(batch, engine.network)
-        total = losses["loss"]
-        if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {engine.state.iteration} (epoch {engine.state.epoch}): {terms}"
-            )
-        engine.grad_scaler.scale(total).backward()
+        engine.state.output = [losses]
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.grad_scaler.scale(losses["loss"]).backward()
         if engine.clip_grad_norm:
             engine.grad_scaler.unscale_(engine.optimizer)
             clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
