@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data monailabel-env demo test lint format clean
+.PHONY: setup data monailabel-env demo benchmark test lint format clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ monailabel-env:
 
 demo: data
 	$(PY) tools/demo.py
+
+# The small benchmark matrix (SimMIM, SwinUNETR-SSL, scratch × 1, 2 shots × 3 seeds) and its report.
+benchmark: data
+	$(PY) tools/benchmark.py
 
 test: data monailabel-env
 	$(PY) -m pytest -q --durations=20

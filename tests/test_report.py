@@ -88,7 +88,8 @@ def test_results_table_statistics():
             base = np.array(values[("scratch", r["shots"])])
             assert r["delta"] == pytest.approx(v.mean() - base.mean())
             assert r["p"] == pytest.approx(st.wilcoxon(v, base).pvalue)
-            assert f"| {r['p']:.3g} | {r['marker']} |" in table
+            assert r["p_t"] == pytest.approx(st.ttest_ind(v, base).pvalue)
+            assert f"| {r['p']:.3g} {r['marker']} | {r['p_t']:.3g} {r['marker_t']} |" in table
     # too few non-zero differences, a failed run and a missing baseline seed
     rows2 = [
         {"method": "scratch", "shots": 1, "seed": 0, "mean_dice": 0.5},
@@ -99,7 +100,9 @@ def test_results_table_statistics():
     ]
     mae = results_rows(rows2)[1]
     assert mae["n"] == 2 and mae["failed"] == 1 and mae["n_pairs"] == 2 and np.isnan(mae["p"])
-    assert "| 2 (+1 failed) |" in results_table(rows2) and "| n/a | n/a |" in results_table(rows2)
+    p_t = st.ttest_ind([0.5, 0.7], [0.5, 0.6]).pvalue
+    assert mae["p_t"] == pytest.approx(p_t) and mae["marker_t"] == "ns"
+    assert "| 2 (+1 failed) |" in results_table(rows2) and f"| n/a | {p_t:.3g} ns |" in results_table(rows2)
 
 
 def _crops(image, roi=32, n=3):

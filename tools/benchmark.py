@@ -13,13 +13,16 @@ name = ``<method>_<shots>shot_seed<seed>``, tags ``method``/``task``/``shots``/`
 one folder per cell. Resumable: a cell already in the CSV is skipped, and an encoder already on disk is
 not pre-trained again (nor is one whose cells are all done).
 
-Default sizes (SwinUNETR feature size 12 at 4 mm, 64x64x32 crops, 2 fine-tuning epochs, pre-training
-1 epoch of 5 iterations) are a pipeline check, not a converged comparison. Measured on the 2-core CPU
-while another job loaded it: 35-62 s per 1-shot cell, 86 s per 2-shot cell (about 40 s of each is fixed:
-data loading, MLflow, two sliding-window passes over the held-out subject), 41-85 s per SimMIM
-pre-training; 2 methods + scratch x 2 shots x 3 seeds is then about 20 minutes (``--finetune_epochs 1``
-saves 10-20 s per cell).
+Then :func:`common.evaluation.benchmark_report.build_report` writes ``<work_dir>/report/report.md`` with
+its figures (``--report False`` skips it; ``tools/report.py`` writes it for any matrix folder). The sizes
+are kept in ``settings.json``: resuming with other sizes is refused.
 
+Defaults: the small matrix -- SimMIM and the SwinUNETR SSL recipe (each pre-trained 2 epochs of 10
+iterations) plus scratch, 1 and 2 shots, seeds 0-2; SwinUNETR feature size 12 at 4 mm, 64x64x32 crops,
+4 fine-tuning epochs (validation after epochs 2 and 4). A pipeline check of the whole method, not a
+converged comparison. ``make benchmark`` runs it (see the README for the measured time).
+
+    python tools/benchmark.py
     python tools/benchmark.py --methods "['simmim','rotation']" --shots "[1,2]" --seeds "[0,1,2]"
     python tools/benchmark.py --encoders "{'suprem': 'runs/suprem/encoder.pt'}" --work_dir runs/bench
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 import fire
 
 from common.data.prepare import prepare_all
+from common.evaluation.benchmark_report import build_report, write_settings
 from common.evaluation.heldout import SEGMENTATION_BUNDLE
 from common.evaluation.matrix import CELL_FIELDS, cell_name, pretrain_ssl, run_cell, sqlite_uri
 from common.evaluation.results import ResultsTable
@@ -46,7 +50,7 @@ def _as_list(value) -> list:
 
 
 def main(
-    methods: list[str] | tuple[str, ...] = (),
+    methods: list[str] | tuple[str, ...] = ("simmim", "swinunetr"),
     encoders: dict[str, str] | None = None,
     shots: list[int] | tuple[int, ...] = (1, 2),
     seeds: list[int] | tuple[int, ...] = (0, 1, 2),
@@ -55,13 +59,15 @@ def main(
     pixdim: float = 4.0,
     roi_size: list[int] | tuple[int, ...] = (64, 64, 32),
     num_samples: int = 2,
-    finetune_epochs: int = 2,
+    finetune_epochs: int = 4,
     learning_rate: float = 1e-3,
-    pretrain_epochs: int = 1,
-    pretrain_epoch_length: int = 5,
+    pretrain_epochs: int = 2,
+    pretrain_epoch_length: int = 10,
     pretrain_learning_rate: float = 5e-4,
+    report: bool = True,
 ) -> None:
-    """Run (or resume) the matrix; see the module docstring."""
+    """Run (or resume) the matrix, then write its report (``report=False`` skips it; ``tools/report.py``
+    writes it later); see the module docstring."""
     methods, shots, seeds = (
         _as_list(methods),
         [int(s) for s in _as_list(shots)],
@@ -77,6 +83,24 @@ def main(
     prepare_all()
     root = Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
+    write_settings(
+        root,
+        {
+            "feature_size": feature_size,
+            "pixdim": pixdim,
+            "roi_size": [int(r) for r in roi_size],
+            "num_samples": num_samples,
+            "finetune_epochs": finetune_epochs,
+            "learning_rate": learning_rate,
+            "pretrain_epochs": pretrain_epochs,
+            "pretrain_epoch_length": pretrain_epoch_length,
+            "pretrain_learning_rate": pretrain_learning_rate,
+            "methods": methods,
+            "encoders": encoders,
+            "shots": shots,
+            "seeds": seeds,
+        },
+    )
     results = ResultsTable(root / "results.csv", CELL_FIELDS)
     uri = sqlite_uri(root / "mlruns.db")
     cells = [(name, n, seed) for name in names for n in shots for seed in seeds]
@@ -130,6 +154,8 @@ def main(
         f"# Benchmark: {SEGMENTATION_BUNDLE}, held-out mean Dice per cell\n\n{table}\n"
     )
     print("\n" + table)
+    if report:
+        build_report(root)
 
 
 if __name__ == "__main__":

@@ -338,7 +338,10 @@ def convergence_figure(
                 for run in histories
                 if _group_label(run, group_by) == label and run["histories"].get(metric)
             )
-            ax.plot(steps, mean, color=colours[label], lw=1.5, label=f"{label} (n={n_runs})")
+            marker = "o" if steps.size <= 20 else None  # a few validation points stay visible
+            ax.plot(
+                steps, mean, color=colours[label], lw=1.5, marker=marker, ms=4, label=f"{label} (n={n_runs})"
+            )
             if np.isfinite(sd).any():
                 ax.fill_between(steps, mean - sd, mean + sd, color=colours[label], alpha=0.2, lw=0)
         ax.set_xlabel(xlabels.get(metric, "step"))

@@ -215,6 +215,7 @@ def lesion_classification(
     datalist_key: str = "training",
     l2: float = 1e-2,
     batch_size: int = 8,
+    patch_sets: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """Lesion-versus-tissue classification from ``network``'s frozen encoder, by leave-one-case-out ROC AUC.
 
@@ -235,8 +236,12 @@ def lesion_classification(
     curve ``<output_dir>/lesion_roc.png``. Returns ``auc`` (pooled), ``cases`` (per case: ``subject``,
     ``site``, ``modality``, ``auc``, ``num_patches``), ``feature_dim``, ``num_patches``, the out-of-fold
     ``scores`` (lesion probabilities), ``labels`` and ``subjects`` of every patch, and the settings.
+    ``patch_sets`` (one :func:`lesion_patches` result per case, in datalist order, made with the same
+    settings) skips loading the cases again when several networks are compared.
     """
     items = read_key(datalist_file, datalist_key)
+    if patch_sets is not None and len(patch_sets) != len(items):
+        raise ValueError(f"{datalist_file}: {len(items)} cases but {len(patch_sets)} patch sets given")
     if len(items) < 2:
         raise ValueError(f"{datalist_file}: leave-one-case-out needs at least 2 cases, found {len(items)}")
     base = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir()
@@ -249,8 +254,11 @@ def lesion_classification(
     features, labels = [], []
     try:
         with torch.no_grad():
-            for item in tqdm(items, desc="lesion features", unit="case"):
-                patches, y = lesion_patches(item, base, roi_size, pixdim, patches_per_class, seed)
+            for i, item in enumerate(tqdm(items, desc="lesion features", unit="case")):
+                if patch_sets is not None:
+                    patches, y = patch_sets[i]
+                else:
+                    patches, y = lesion_patches(item, base, roi_size, pixdim, patches_per_class, seed)
                 feats = [
                     encoder_features(network, batch.to(device)).float().cpu()
                     for batch in patches.split(batch_size)

@@ -164,7 +164,7 @@ def run_cell(
         "num_workers": 0,
         "learning_rate": learning_rate,
         "max_epochs": finetune_epochs,
-        "val_interval": finetune_epochs,
+        "val_interval": max(1, finetune_epochs // 2),  # two points of the validation curve
         "train_datalist_key": datalist_key(shots, seed),
         "pretrained_encoder": str(encoder) if encoder else None,
         "seed": seed,

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .stats import bootstrap_ci, mean_sd, paired_differences, significance_marker, wilcoxon_signed_rank
+from .stats import (
+    bootstrap_ci,
+    mean_sd,
+    paired_differences,
+    significance_marker,
+    t_test_independent,
+    wilcoxon_signed_rank,
+)
 
 # MONAI SwinTransformer modules whose outputs are the encoder's five representations; layersN is a
 # ModuleList of one BasicLayer (the list itself is never called, so hooks go on its element 0).
@@ -87,7 +94,10 @@ def results_rows(
     ``delta`` (mean minus the baseline's mean at the same shots; NaN without a baseline there),
     ``n_pairs`` (seeds shared with the baseline), ``statistic``/``p`` (two-sided Wilcoxon signed-rank
     over those seeds, NaN when n_pairs < 2 or fewer than 2 differences are non-zero) and ``marker``
-    (:func:`~common.evaluation.stats.significance_marker`; None for the baseline). Order: shots
+    (:func:`~common.evaluation.stats.significance_marker`; None for the baseline), and ``t``/``p_t``/
+    ``marker_t`` (two-sided Student two-sample t-test against the baseline's values, as SuPreM reports;
+    NaN unless both have at least 2 values). With 3 seeds the exact Wilcoxon p is at least 0.25, so only
+    the t-test can reach 0.05 there. Order: shots
     ascending (numbers first), within a shots value the baseline first, then methods alphabetically.
     ValueError for a repeated (method, shots, seed).
     """
@@ -123,11 +133,15 @@ def results_rows(
         else:
             record.update(mean=math.nan, sd=math.nan, ci_low=math.nan, ci_high=math.nan)
         record.update(delta=math.nan, n_pairs=0, statistic=math.nan, p=math.nan, marker="n/a")
+        record.update(t=math.nan, p_t=math.nan, marker_t="n/a")
         base = groups.get((baseline, shots))
         if method == baseline:
-            record.update(delta=0.0 if values.size else math.nan, marker=None)
+            record.update(delta=0.0 if values.size else math.nan, marker=None, marker_t=None)
         elif base and values.size:
             record["delta"] = record["mean"] - float(np.mean(list(base.values())))
+            if values.size >= 2 and len(base) >= 2:
+                record["t"], record["p_t"] = t_test_independent(values, list(base.values()))
+                record["marker_t"] = significance_marker(record["p_t"])
             shared = [s for s in seeds if s in base]
             a = np.array([by_seed[s] for s in shared], dtype=np.float64)
             b = np.array([base[s] for s in shared], dtype=np.float64)
@@ -143,8 +157,8 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _fmt_p(p: float) -> str:
-    return "n/a" if p is None or math.isnan(p) else f"{p:.3g}"
+def _fmt_p(p: float, marker: str) -> str:
+    return "n/a" if p is None or math.isnan(p) else f"{p:.3g} {marker}"
 
 
 def results_table(
@@ -160,25 +174,27 @@ def results_table(
     Columns: method, shots, n seeds (``+k failed`` when some runs have no value), mean ± sd, the
     percentile-bootstrap CI of the mean, Δ = mean - baseline mean at the same shots, the paired Wilcoxon
     p over shared seeds ("n/a" when fewer than 2 seeds are shared or fewer than 2 differences are
-    non-zero) and its significance marker. The baseline's Δ, p and marker are "—".
+    non-zero) and the two-sample t-test p, each followed by its significance marker. The baseline's Δ
+    and p are "—".
     """
     records = results_rows(rows, metric, baseline, confidence, n_resamples, seed)
     level = f"{confidence * 100:g} %"
     lines = [
-        f"| method | shots | n | {metric} mean ± sd | {level} CI | Δ vs {baseline} | p (Wilcoxon) | sig. |",
-        "|---|---:|---:|---|---|---:|---:|:---:|",
+        f"| method | shots | n | {metric} mean ± sd | {level} CI | Δ vs {baseline} "
+        "| p (paired Wilcoxon) | p (t-test) |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in records:
         n = str(r["n"]) + (f" (+{r['failed']} failed)" if r["failed"] else "")
         mean_sd_text = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}"
         ci = "n/a" if math.isnan(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         if r["method"] == baseline:
-            delta = p = marker = "—"
+            delta = p = p_t = "—"
         else:
             delta = "n/a" if math.isnan(r["delta"]) else f"{r['delta']:+.3f}"
-            p, marker = _fmt_p(r["p"]), r["marker"]
+            p, p_t = _fmt_p(r["p"], r["marker"]), _fmt_p(r["p_t"], r["marker_t"])
         lines.append(
-            f"| {r['method']} | {r['shots']} | {n} | {mean_sd_text} | {ci} | {delta} | {p} | {marker} |"
+            f"| {r['method']} | {r['shots']} | {n} | {mean_sd_text} | {ci} | {delta} | {p} | {p_t} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -319,10 +335,12 @@ def organ_embedding_figures(
     max_classes: int = 8,
     min_voxels: int = 500,
     k: int = 5,
+    cases: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """t-SNE and PCA of organ-patch embeddings (``tsne.png``, ``pca.png``) and retrieval precision@k.
 
-    Each item (image and label, absolute paths) is loaded at ``pixdim`` mm (:func:`load_labelled_ct`).
+    Each item (image and label, absolute paths) is loaded at ``pixdim`` mm (:func:`load_labelled_ct`),
+    unless ``cases`` gives those ``(image, label)`` pairs already (to compare several encoders).
     The organs are the classes (background 0 excluded) with at least ``min_voxels`` voxels over all
     items, the ``max_classes`` largest of them. For each organ ``per_class`` voxels are drawn without
     replacement (``numpy.random.default_rng(seed)``) from all its voxels in all items; the ``roi``-cube
@@ -342,7 +360,10 @@ def organ_embedding_figures(
     names = {int(key): str(value) for key, value in names.items()}
     if not items:
         raise ValueError("no labelled items given")
-    cases = [load_labelled_ct(item, pixdim) for item in items]
+    if cases is None:
+        cases = [load_labelled_ct(item, pixdim) for item in items]
+    elif len(cases) != len(items):
+        raise ValueError(f"{len(items)} items but {len(cases)} loaded cases")
     counts: dict[int, int] = {}
     for _, label in cases:
         values, freq = torch.unique(label, return_counts=True)
@@ -485,7 +506,9 @@ def patch_pca_figure(
 # ------------------------------------------------------------------ report
 
 
-def _link(target: str | os.PathLike, folder: Path) -> str:
+def figure_link(target: str | os.PathLike, folder: Path) -> str:
+    """``target`` relative to ``folder`` with POSIX separators, in ``<...>`` when it has spaces or
+    parentheses (as Markdown link targets need)."""
     rel = Path(os.path.relpath(Path(target).resolve(), folder.resolve())).as_posix()
     return f"<{rel}>" if any(ch in rel for ch in " ()") else rel
 
@@ -507,7 +530,7 @@ def write_report(
     if figures:
         parts.append("## Figures\n")
         for name, figure in figures.items():
-            parts.append(f"### {name}\n\n![{name}]({_link(figure, path.parent)})\n")
+            parts.append(f"### {name}\n\n![{name}]({figure_link(figure, path.parent)})\n")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text("\n".join(parts), encoding="utf-8")
