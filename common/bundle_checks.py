@@ -19,6 +19,7 @@ from monai.utils import BundlePropertyConfig
 
 from common.bundle import REPO_ROOT
 from common.data.cache import cache_root
+from common.engines import compare_weights_digests
 
 REQUIRED_FILES = (
     "configs/metadata.json",
@@ -239,18 +240,60 @@ def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path, **overrid
     return exported
 
 
-def check_distributed(bundle: Path, work_dir: Path, nproc: int = 2, timeout: int = 900) -> None:
-    """``[train, multi_gpu_train, smoke]`` through ``torchrun --nproc_per_node`` (gloo on a CPU machine)."""
+def check_distributed(
+    bundle: Path, work_dir: Path, nproc: int = 2, timeout: int = 900, tracking: bool = True
+) -> None:
+    """``[train, multi_gpu_train, smoke]`` through ``torchrun --nproc_per_node`` (gloo on a CPU machine),
+    then two checks of the run:
+
+    - **same weights on every rank**: a mixin appends :func:`common.engines.write_weights_digest` to the
+      config's ``run`` list (``"+run"``), so after training each rank writes a digest of every tensor of
+      its network; the digests must agree (the failure names the tensors that differ; plain batch-norm
+      running statistics, rank-local by design, are left out: see ``common.engines.distributed``);
+    - **only rank 0 writes**: each rank gets its own ``ckpt_dir`` and ``output_dir``
+      (``<work_dir>/distributed/{models,eval}/rank<r>``); rank 0's must hold a checkpoint, the other ranks'
+      must hold nothing. With ``tracking`` (the default), the run also logs to MLflow (``--tracking
+      mlflow``), whose store must be in rank 0's ``output_dir`` only. MONAI's tracking writes its executed
+      config (``config_<time>.json``) on every rank; that file is not counted.
+    """
     files = [config_path(bundle, n) for n in ("train.json", "multi_gpu_train.json", "smoke.json")]
-    dirs = _train_dirs(Path(work_dir) / "distributed")
+    root = Path(work_dir) / "distributed"
+    root.mkdir(parents=True, exist_ok=True)
+    digests = str(root / "weights_rank{rank}.json")
+    mixin = root / "weights_digest.json"
+    mixin.write_text(json.dumps({"+run": [f"$common.engines.write_weights_digest(@network, {digests!r})"]}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files)]
-    for key, value in dirs.items():
-        cmd += [f"--{key}", value]
+    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps([*files, str(mixin)])]
+    for key, sub in (("ckpt_dir", "models"), ("output_dir", "eval")):
+        cmd += [f"--{key}", f"$'{root / sub}/rank' + os.environ['RANK']"]
+    if tracking:
+        cmd += ["--tracking", "mlflow"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-25:])
         raise BundleCheckError(f"{files[1]}: torchrun exited {result.returncode}:\n{tail}")
-    if not any(Path(dirs["ckpt_dir"]).glob("*.pt")):
-        raise BundleCheckError(f"{files[1]}: distributed training wrote no checkpoint in {dirs['ckpt_dir']}")
+    differing = compare_weights_digests([digests.format(rank=r) for r in range(nproc)])
+    if differing:
+        raise BundleCheckError(
+            f"{files[1]}: the {nproc} ranks hold different weights after training in {len(differing)} "
+            f"tensors: {differing[:10]}"
+        )
+    models, output = root / "models" / "rank0", root / "eval" / "rank0"
+    if not any(models.glob("*.pt")):
+        raise BundleCheckError(f"{files[1]}: distributed training wrote no checkpoint in {models}")
+    if tracking and not (output / "mlruns.db").is_file():
+        raise BundleCheckError(f"{files[1]}: --tracking mlflow wrote no {output / 'mlruns.db'}")
+    for rank in range(1, nproc):
+        written = _written_by_rank(root, rank)
+        if written:
+            raise BundleCheckError(f"{files[1]}: rank {rank} wrote {written[:5]}; only rank 0 should write")
+
+
+def _written_by_rank(root: Path, rank: int) -> list[Path]:
+    """The files in ``rank``'s checkpoint and output folders, but MONAI's executed-config JSON."""
+    models, output = root / "models" / f"rank{rank}", root / "eval" / f"rank{rank}"
+    files = [p for p in (*models.rglob("*"), *output.rglob("*")) if p.is_file()]
+    return [
+        p for p in files if not (p.parent == output and p.name.startswith("config_") and p.suffix == ".json")
+    ]

@@ -11,12 +11,9 @@ they load the file as ``pretrained_network`` for their own class list.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import fire
-import torch
 
+from common.atomic import atomic_torch_save
 from common.networks import build_segmenter, load_suprem_checkpoint
 
 SUPREM_FEATURE_SIZE = {"swinunetr": 48, "segresnet": 16}
@@ -35,11 +32,7 @@ def convert(
     size = feature_size or SUPREM_FEATURE_SIZE.get(arch, 16)
     net = build_segmenter(arch, in_channels=in_channels, out_channels=out_channels, feature_size=size)
     report = load_suprem_checkpoint(net, src)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, tmp)
-    os.replace(tmp, path)
+    path = atomic_torch_save({"model": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, out)
     print(
         f"[convert_suprem] {src} -> {path} ({arch}, feature_size {size}): loaded {report['loaded']} tensors"
     )

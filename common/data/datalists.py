@@ -8,13 +8,13 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import atomic_path
+
 
 def write_json(data: dict, path: Path) -> None:
-    """Write ``data`` as indented JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON atomically (:func:`common.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def read_key(datalist_path: str | os.PathLike, key: str) -> list[dict]:

@@ -7,7 +7,6 @@ file is written atomically and skipped when present, so a second run takes about
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_path
 from .cache import DATA_LISTS_DIR, dataset_dir
 from .datalists import add_fewshot_keys, write_json
 from .fetch import fetch
@@ -30,10 +30,8 @@ LABEL_SOURCE_NOTE = "labels are TotalSegmentator model output, not manual annota
 def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp_" + out.name)
-    write(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        write(tmp)
     return out
 
 

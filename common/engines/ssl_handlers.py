@@ -87,7 +87,8 @@ class EMATeacherHandler:
 
 class EncoderExportHandler:
     """Writes the method's encoder (``SSLMethod.export_encoder``) to ``path`` as an encoder file, every
-    ``interval`` epochs and when training completes; rank 0 only, atomic (temp file + rename)."""
+    ``interval`` epochs and when training completes; rank 0 only, atomically
+    (:func:`common.networks.save_encoder`: a failed or interrupted write leaves the previous file intact)."""
 
     def __init__(self, path: str | os.PathLike, interval: int = 1, **meta) -> None:
         self.path, self.interval, self.meta = path, interval, meta

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_torch_save
+
 KNOWN_PREFIXES = (
     "module.",
     "model.",
@@ -39,14 +41,11 @@ class EncoderLoadError(RuntimeError):
 
 
 def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta) -> Path:
-    """Write ``encoder``'s weights and ``meta`` to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``encoder``'s weights and ``meta`` to ``path`` atomically (:func:`common.atomic.atomic_path`:
+    temporary file in the same folder, then ``os.replace``; a failed or interrupted write leaves the previous
+    file as it was)."""
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save({"state_dict": state, "meta": dict(meta)}, path)
 
 
 def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

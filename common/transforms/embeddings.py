@@ -10,10 +10,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from ..atomic import atomic_path
+
 
 class SaveEmbeddingd(MapTransform):
     """Save each ``keys`` vector of a decollated item as ``<output_dir>/<image name>_<postfix>.npy``
-    (atomic: temp file + rename). The image name comes from ``meta_key``'s ``filename_or_obj``."""
+    (atomically: :func:`common.atomic.atomic_path`). The image name comes from ``meta_key``'s
+    ``filename_or_obj``."""
 
     def __init__(
         self,
@@ -35,7 +38,6 @@ class SaveEmbeddingd(MapTransform):
         for key in self.key_iterator(d):
             vector = torch.as_tensor(d[key]).detach().cpu().float().numpy().reshape(-1)
             target = self.output_dir / f"{stem}_{self.postfix}.npy"
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, vector)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                np.save(tmp, vector)
         return d
