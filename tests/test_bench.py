@@ -1,0 +1,42 @@
+"""The performance benchmark suite end to end for one SSL method and the segmentation bundle, 1 repeat.
+
+Checks the table's shape and that every ratio is a finite positive number; the ratios are measured,
+never compared with a threshold (timings depend on the machine and its load).
+"""
+
+import csv
+import importlib.util
+import math
+
+from common.bundle import REPO_ROOT
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_table(prepared_data, tmp_path):
+    bench = _bench_module()
+    md_path = bench.main(only="simmim,multiorgan", repeats=1, warmup=0, out=str(tmp_path))
+
+    with (tmp_path / "bench.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == [column for column, _, _ in bench.COLUMNS]
+        rows = {row["bundle"]: row for row in reader}
+    assert set(rows) == {"simmim_ssl_pretrain", "multiorgan_ct_segmentation"}
+    for name, row in rows.items():
+        sliding = name == "multiorgan_ct_segmentation"
+        for ratio in bench.RATIOS:
+            if ratio == "sliding_window_ratio" and not sliding:
+                assert row[ratio] == ""  # no sliding-window inferer in an SSL bundle
+                continue
+            value = float(row[ratio])
+            assert math.isfinite(value) and value > 0, (name, ratio, row[ratio])
+
+    table = (tmp_path / "bench.md").read_text()
+    assert md_path == str(tmp_path / "bench.md")
+    assert "| " + " | ".join(header for _, header, _ in bench.COLUMNS) + " |" in table
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 3  # header + two bundles

@@ -1,0 +1,361 @@
+"""Performance benchmarks of every bundle at its tiny smoke configuration (``make bench``).
+
+For each bundle under ``bundles/`` (the ten ``*_ssl_pretrain`` methods, ``suprem_pretrain`` and
+``multiorgan_ct_segmentation``) the training workflow is built from ``configs/train.json`` merged with
+``configs/smoke.json`` through MONAI's ``ConfigWorkflow`` (``ConfigParser`` underneath), on the CPU, with
+two changes so that the timed loop measures training iterations only: checkpoints and encoder files are
+written under ``<out>/work/<bundle>``, and ``val_interval`` / ``save_interval`` are set beyond the run's
+length (validation and periodic saves are epoch-level work, not iterations). Five ratios are measured:
+
+(a) **engine / bare**: the Ignite engine's training iteration (the config's trainer with every handler the
+    config attaches, checkpoint handlers included), fed one batch of the bundle's own dataloader over and
+    over, against a bare PyTorch step on the same batch with the same network, loss and optimiser objects:
+    forward, loss, backward, optimiser step, plus the step's own arithmetic where the engine has it
+    (gradient-norm clipping, the EMA teacher update). The engine's iteration is timed from Ignite's
+    ``GET_BATCH_STARTED`` to the end of ``ITERATION_COMPLETED`` (a clock attached after every other
+    handler), so batch preparation, postprocessing, metrics, logging and the progress bar count. The bare
+    step gets plain tensors (``MetaTensor.as_tensor()``), as a PyTorch loop would. Aim: <= 1.05.
+(b) **loader / model**: samples per second of the bundle's training dataloader (its ``CacheDataset``
+    filled at start-up, random transforms applied per fetch; one full pass over the loader per repeat,
+    iterator creation included) against the samples per second the bare step consumes (batch size /
+    step time). Aim: >= 3.
+(c) **achieved / peak FLOP/s**: ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs of one
+    bare step's forward and backward (matrix multiplies, convolutions, attention; element-wise work and
+    the optimiser are not counted), divided by the median bare step time, against this machine's fp32
+    peak measured in the same run (median of square ``torch.mm`` products, see :func:`matmul_peak`).
+(d) **traced / eager**: latency of the inference config's network (``network_def`` at the smoke
+    overrides, ``eval()``, ``no_grad``) traced with ``torch.jit.trace`` against the same network eager,
+    on a random input of the inference ``roi_size``.
+(e) **bundle SW / plain SW** (bundles whose inference config has a ``SlidingWindowInferer``: the
+    segmentation bundle and SuPreM): the inference config's ``inferer`` on a real CT volume (the first
+    item of its datalist, through its ``preprocessing``, as the ``MetaTensor`` the evaluator passes)
+    against ``monai.inferers.sliding_window_inference`` on the plain tensor with the same network,
+    ``roi_size``, ``sw_batch_size`` and ``overlap`` and MONAI's defaults otherwise (constant blending;
+    the bundles blend with a Gaussian).
+
+Each pair runs side by side in one process: per repeat every member runs once, in turn; the first
+``warmup`` repeats are discarded and the table reports medians over ``repeats`` (ratios are ratios of
+medians). Outputs: ``<out>/bench.csv`` (every measured number) and ``<out>/bench.md`` (the table and
+the machine). Measured, never asserted: the aims above are for reading the table.
+
+    python tools/bench.py                                   # every bundle, 5 repeats (make bench)
+    python tools/bench.py --only simmim,multiorgan --repeats 1 --warmup 0
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+import fire
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer, sliding_window_inference
+from monai.utils import first
+from torch.nn.utils import clip_grad_norm_
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.bundle import REPO_ROOT
+from common.bundle_checks import config_path, list_bundles, smoke_overrides
+from common.data.prepare import prepare_all
+
+# (csv column, Markdown header, format); the ratios are the columns named a-e.
+COLUMNS = (
+    ("bundle", "bundle", "{}"),
+    ("engine_s", "engine s/it", "{:.3f}"),
+    ("bare_s", "bare s/it", "{:.3f}"),
+    ("overhead_ratio", "(a) engine/bare", "**{:.3f}**"),
+    ("loader_samples_per_s", "loader samples/s", "{:.1f}"),
+    ("model_samples_per_s", "model samples/s", "{:.2f}"),
+    ("data_ratio", "(b) loader/model", "**{:.1f}**"),
+    ("gflop_per_step", "GFLOP/step", "{:.2f}"),
+    ("gflop_per_s", "GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "(c) of peak", "**{:.3f}**"),
+    ("eager_s", "eager s", "{:.3f}"),
+    ("traced_s", "traced s", "{:.3f}"),
+    ("torchscript_ratio", "(d) traced/eager", "**{:.3f}**"),
+    ("bundle_sw_s", "bundle SW s", "{:.2f}"),
+    ("plain_sw_s", "plain SW s", "{:.2f}"),
+    ("sliding_window_ratio", "(e) bundle/plain SW", "**{:.3f}**"),
+)
+RATIOS = ("overhead_ratio", "data_ratio", "peak_fraction", "torchscript_ratio", "sliding_window_ratio")
+NEVER = 10**9  # an epoch interval the benchmark's short runs never reach
+CPU = "$torch.device('cpu')"
+
+
+def interleaved(
+    label: str, members: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of each member, the members run in turn once per repeat.
+
+    A member that returns a ``float`` reports its own measurement (the engine its iteration clock, the
+    loader its seconds per sample); for any other return value its wall time counts. The first
+    ``warmup`` repeats are discarded. Prints one progress line per repeat.
+    """
+    times: dict[str, list[float]] = {name: [] for name in members}
+    for r in range(warmup + repeats):
+        line = []
+        for name, member in members.items():
+            start = time.perf_counter()
+            measured = member()
+            elapsed = measured if isinstance(measured, float) else time.perf_counter() - start
+            line.append(f"{name} {elapsed:.4g}s")
+            if r >= warmup:
+                times[name].append(elapsed)
+        tag = "warm-up" if r < warmup else f"repeat {r - warmup + 1}/{repeats}"
+        print(f"    {label} {tag}: {', '.join(line)}", flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of ``torch.mm`` on two ``size`` x ``size`` matrices (``2 size^3`` FLOPs), median of
+    ``repeats`` after one warm-up: the machine's practical matrix-multiply peak at torch's threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = interleaved("torch.mm peak", {"mm": lambda: torch.mm(a, b)}, repeats, 1)["mm"]
+    return 2 * size**3 / seconds
+
+
+def _plain(value):
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
+
+
+def _samples(batch: dict) -> int:
+    """The batch size: the leading dimension of the batch's first tensor (an image or a view)."""
+    return len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+
+
+class IterationClock:
+    """Seconds of the engine's last iteration: from ``GET_BATCH_STARTED`` (the first event of an
+    iteration) to the end of ``ITERATION_COMPLETED``; attach it after every other handler so that the
+    iteration's handlers all run inside the interval."""
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.stop)
+
+    def start(self, engine) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, engine) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+def bare_step(trainer, batch: dict) -> Callable[[], None]:
+    """A plain PyTorch training step on ``batch`` with the trainer's own network, loss and optimiser.
+
+    ``SSLTrainer`` (a method returning its losses): forward, backward, gradient clipping when the trainer
+    clips, optimiser step, EMA teacher update. ``SupervisedTrainer``: ``loss(network(image), label)``,
+    backward, optimiser step; a partial-label loss keeps the annotated classes that the engine's handler
+    set for this same batch.
+    """
+    network, optimizer = trainer.network, trainer.optimizer
+    tensors = {k: _plain(v) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    network.train()
+    if hasattr(trainer, "loss_function"):
+        image, label, loss_function = tensors["image"], tensors["label"], trainer.loss_function
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_function(network(image), label).mean().backward()
+            optimizer.step()
+
+        return step
+    clip = trainer.clip_grad_norm
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        network(tensors)["loss"].backward()
+        if clip:
+            clip_grad_norm_(network.parameters(), clip)
+        optimizer.step()
+        network.update_teacher()
+
+    return step
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one step (forward and backward) as ``FlopCounterMode`` counts them."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure_training(bundle: Path, work_dir: Path, repeats: int, warmup: int) -> dict[str, float]:
+    """Ratios (a), (b) and the FLOPs of (c): the engine, the bare step and the loader, interleaved."""
+    workflow = ConfigWorkflow(
+        config_file=[config_path(bundle, "train.json"), config_path(bundle, "smoke.json")],
+        meta_file=config_path(bundle, "metadata.json"),
+        workflow_type="train",
+        device=CPU,
+        ckpt_dir=str(work_dir / "models"),
+        output_dir=str(work_dir / "eval"),
+        val_interval=NEVER,
+        save_interval=NEVER,
+    )
+    workflow.initialize()
+    parser = workflow.parser
+    trainer = parser.get_parsed_content("train#trainer")
+    if "checkpoint_handlers" in parser["train"]:  # what the SSL configs' `run` attaches before running
+        for handler in parser.get_parsed_content("train#checkpoint_handlers"):
+            handler.attach(trainer)
+    clock = IterationClock()
+    clock.attach(trainer)
+    loader = parser.get_parsed_content("train#dataloader")
+    batch = first(loader)
+    trainer.data_loader, trainer.state.epoch_length = [batch], 1
+
+    def engine_iteration() -> float:
+        trainer.state.max_epochs = trainer.state.epoch + 1  # resume for one more one-iteration epoch
+        trainer.run()
+        return clock.seconds
+
+    def loader_pass() -> float:
+        start, samples = time.perf_counter(), 0
+        for fetched in loader:
+            samples += _samples(fetched)
+        return (time.perf_counter() - start) / samples
+
+    step = bare_step(trainer, batch)
+    times = interleaved(
+        "train", {"engine": engine_iteration, "bare": step, "loader": loader_pass}, repeats, warmup
+    )
+    flops = step_flops(step)
+    workflow.finalize()
+    return {
+        "engine_s": times["engine"],
+        "bare_s": times["bare"],
+        "loader_samples_per_s": 1 / times["loader"],
+        "model_samples_per_s": _samples(batch) / times["bare"],
+        "gflop_per_step": flops / 1e9,
+    }
+
+
+def measure_inference(bundle: Path, repeats: int, warmup: int) -> dict[str, float]:
+    """Ratio (d) for every bundle and (e) where the inference config's inferer slides a window."""
+    parser = ConfigParser()
+    parser.read_config(config_path(bundle, "inference.json"))
+    parser.read_meta(config_path(bundle, "metadata.json"))
+    parser.update({**smoke_overrides(bundle, "inference.json"), "device": CPU})
+    network = parser.get_parsed_content("network_def").eval()
+    roi = parser.get_parsed_content("roi_size")
+    roi = [roi] * 3 if isinstance(roi, int) else list(roi)
+    x = torch.rand(1, parser.get_parsed_content("in_channels"), *roi)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(network, x)
+        for _ in range(2):  # TorchScript's profiling executor optimises the graph on its first calls
+            traced(x)
+        times = interleaved(
+            "TorchScript", {"eager": lambda: network(x), "traced": lambda: traced(x)}, repeats, warmup
+        )
+        out = {"eager_s": times["eager"], "traced_s": times["traced"]}
+        inferer = parser.get_parsed_content("inferer")
+        if isinstance(inferer, SlidingWindowInferer):
+            volume = parser.get_parsed_content("dataset")[0]["image"][None]
+            plain = volume.as_tensor()
+            print(f"    sliding window over a real CT volume of shape {tuple(volume.shape)}", flush=True)
+            times = interleaved(
+                "sliding window",
+                {
+                    "bundle": lambda: inferer(volume, network),
+                    "plain": lambda: sliding_window_inference(
+                        plain, inferer.roi_size, inferer.sw_batch_size, network, overlap=inferer.overlap
+                    ),
+                },
+                repeats,
+                warmup,
+            )
+            out.update(bundle_sw_s=times["bundle"], plain_sw_s=times["plain"])
+    return out
+
+
+def ratios(row: dict, peak: float) -> dict:
+    """The row with its five ratios (a-e) and achieved FLOP/s; (e) is absent without a sliding window."""
+    row["overhead_ratio"] = row["engine_s"] / row["bare_s"]
+    row["data_ratio"] = row["loader_samples_per_s"] / row["model_samples_per_s"]
+    row["gflop_per_s"] = row["gflop_per_step"] / row["bare_s"]
+    row["peak_fraction"] = row["gflop_per_s"] * 1e9 / peak
+    row["torchscript_ratio"] = row["traced_s"] / row["eager_s"]
+    if "bundle_sw_s" in row:
+        row["sliding_window_ratio"] = row["bundle_sw_s"] / row["plain_sw_s"]
+    return row
+
+
+def write_tables(rows: list[dict], out: Path, header: list[str]) -> tuple[Path, Path]:
+    """``bench.csv`` (every column) and ``bench.md`` (``header`` lines, then the table) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "bench.csv", out / "bench.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[c for c, _, _ in COLUMNS])
+        writer.writeheader()
+        writer.writerows({c: row.get(c, "") for c, _, _ in COLUMNS} for row in rows)
+    lines = [*header, "", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        cells = [fmt.format(row[c]) if c in row else "" for c, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def select(only: str | Sequence[str] | None) -> list[Path]:
+    """Bundles whose name contains one of ``only`` (comma-separated or a sequence); all when empty."""
+    bundles = list_bundles()
+    if not only:
+        return bundles
+    wanted = only.split(",") if isinstance(only, str) else [str(w) for w in only]
+    chosen = [b for b in bundles if any(w.strip() and w.strip() in b.name for w in wanted)]
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no bundle of {[b.name for b in bundles]}")
+    return chosen
+
+
+def main(
+    only: str | Sequence[str] | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    out: str = str(REPO_ROOT / "runs" / "bench"),
+) -> str:
+    """Benchmark the bundles named by ``only`` (substrings, e.g. ``simmim,multiorgan``; default all),
+    ``warmup`` discarded repeats then ``repeats`` timed ones; write ``bench.csv`` and ``bench.md`` under
+    ``out`` and return the Markdown file's path."""
+    bundles = select(only)
+    prepare_all()
+    out_dir = Path(out)
+    started = time.perf_counter()
+    print(f"fp32 matrix-multiply peak ({torch.get_num_threads()} threads)", flush=True)
+    peak = matmul_peak()
+    rows = []
+    for i, bundle in enumerate(bundles, 1):
+        print(f"[{i}/{len(bundles)}] {bundle.name}", flush=True)
+        row = {"bundle": bundle.name}
+        row.update(measure_training(bundle, out_dir / "work" / bundle.name, repeats, warmup))
+        row.update(measure_inference(bundle, repeats, warmup))
+        rows.append(ratios(row, peak))
+        gc.collect()
+        print("    " + ", ".join(f"{k} {row[k]:.3f}" for k in RATIOS if k in row), flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    header = [
+        f"# make bench, {date.today().isoformat()}",
+        "",
+        f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"fp32 torch.mm peak {peak / 1e9:.1f} GFLOP/s; smoke configurations; {repeats} repeats after "
+        f"{warmup} warm-up, medians; {len(rows)} bundles in {minutes:.1f} min.",
+    ]
+    csv_path, md_path = write_tables(rows, out_dir, header)
+    print(md_path.read_text(), flush=True)
+    print(f"wrote {csv_path}", flush=True)
+    return str(md_path)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
