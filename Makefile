@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data monailabel-env demo benchmark test lint format clean
+.PHONY: setup data monailabel-env demo benchmark bench test lint format clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: data
 # The small benchmark matrix (SimMIM, SwinUNETR-SSL, scratch × 1, 2 shots × 3 seeds) and its report.
 benchmark: data
 	$(PY) tools/benchmark.py
+
+# Performance benchmarks of every bundle at its smoke size: runs/bench/bench.md and bench.csv (see README).
+bench: data
+	$(PY) tools/bench.py
 
 test: data monailabel-env
 	$(PY) -m pytest -q --durations=20
