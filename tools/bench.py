@@ -3,9 +3,9 @@
 For each bundle under ``bundles/`` (the ten ``*_ssl_pretrain`` methods, ``suprem_pretrain`` and
 ``multiorgan_ct_segmentation``) the training workflow is built from ``configs/train.json`` merged with
 ``configs/smoke.json`` through MONAI's ``ConfigWorkflow`` (``ConfigParser`` underneath), on the CPU, with
-two changes so that the timed loop measures training iterations only: checkpoints and encoder files are
-written under ``<out>/work/<bundle>``, and ``val_interval`` / ``save_interval`` are set beyond the run's
-length (validation and periodic saves are epoch-level work, not iterations). Five ratios are measured:
+two changes: checkpoints and encoder files go under ``<out>/work/<bundle>`` (the bundle's ``models/`` is
+left alone), and ``val_interval`` / ``save_interval`` are set beyond the run's length (validation and
+periodic saves are epoch-level work, not training iterations). Five ratios are measured:
 
 (a) **engine / bare**: the Ignite engine's training iteration (the config's trainer with every handler the
     config attaches, checkpoint handlers included), fed one batch of the bundle's own dataloader over and
