@@ -46,6 +46,7 @@ from ..bundle import class_names
 from ..data import dataset_dir
 from .heldout import DATALIST, SEGMENTATION_BUNDLE
 from .matrix import CELL_FIELDS, ORGANS
+from .report import _fmt
 
 __all__ = ["SETTINGS_FILE", "build_report", "read_results", "read_settings", "write_settings"]
 
@@ -140,10 +141,6 @@ def finetuned_checkpoint(work_dir: str | os.PathLike, rows: Sequence[Mapping], m
 
 
 # ------------------------------------------------------------------ tables
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def organ_table(rows: Sequence[Mapping], organs: Sequence[str] = ORGANS) -> str:
