@@ -14,20 +14,5 @@ import fire
 
 from common.evaluation.benchmark_report import build_report
 
-
-def main(
-    work_dir: str = "runs/benchmark",
-    baseline: str = "scratch",
-    seed: int = 0,
-    patches_per_organ: int = 6,
-    lesion_patches_per_class: int = 8,
-    cka_crops: int = 4,
-    k: int = 5,
-) -> None:
-    """Write the report of the matrix in ``work_dir`` and print its path."""
-    path = build_report(work_dir, baseline, seed, patches_per_organ, lesion_patches_per_class, cka_crops, k)
-    print(path)
-
-
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(build_report)  # prints the report's path
