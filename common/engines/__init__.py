@@ -14,6 +14,7 @@ from .ssl_handlers import (
     EMATeacherHandler,
     EncoderExportHandler,
     EpochLossTermsHandler,
+    LeADERStageHandler,
     SSLScheduleHandler,
     parameter_groups,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "EncoderExportHandler",
     "EpochLossTermsHandler",
     "EpochReseedHandler",
+    "LeADERStageHandler",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "ProgressBar",

@@ -144,3 +144,18 @@ class EpochLossTermsHandler:
         for name, total in self.sums.items():
             engine.state.metrics[f"train_{name}"] = total / max(self.count, 1)
         engine.state.metrics.update(getattr(engine.state, "schedule", {}))
+
+
+class LeADERStageHandler:
+    """Algorithm 1 of LeADER (papers/001): the method's ``stage`` is 1 (disease branch on images) for the
+    first ``stage1_epochs`` epochs and 2 (both branches on image/patch pairs) afterwards; set at the start of
+    each epoch, so a resumed run continues in the right stage."""
+
+    def __init__(self, stage1_epochs: int) -> None:
+        self.stage1_epochs = stage1_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        unwrap(engine.network).stage = 1 if engine.state.epoch <= self.stage1_epochs else 2

@@ -44,7 +44,9 @@ def sharpened_targets(
 class DINOLoss(nn.Module):
     """``forward(student_outputs, teacher_outputs, teacher_temp)``: lists of ``(B, K)`` logits, one per
     view. Student view ``i`` must be the same crop as teacher view ``i`` for ``i`` < number of teacher
-    views (the global views first, then the local ones), so that the pairs ``v == i`` are left out."""
+    views (the global views first, then the local ones), so that the pairs ``v == i`` are left out; with
+    ``exclude_same_view=False`` every pair counts (Coda's intra-organ branch, whose teacher sees the full
+    image and whose student sees only crops of it)."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()
@@ -52,7 +54,11 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(out_dim))
 
     def forward(
-        self, student_outputs: list[torch.Tensor], teacher_outputs: list[torch.Tensor], teacher_temp: float
+        self,
+        student_outputs: list[torch.Tensor],
+        teacher_outputs: list[torch.Tensor],
+        teacher_temp: float,
+        exclude_same_view: bool = True,
     ) -> torch.Tensor:
         targets = [sharpened_targets(t, self.center, teacher_temp) for t in teacher_outputs]
         log_probs = [F.log_softmax(s / self.student_temp, dim=-1) for s in student_outputs]
@@ -60,7 +66,7 @@ class DINOLoss(nn.Module):
             -(target * log_prob).sum(-1).mean()
             for i, target in enumerate(targets)
             for v, log_prob in enumerate(log_probs)
-            if v != i
+            if v != i or not exclude_same_view
         ]
         if not terms:
             raise ValueError("DINO's loss needs at least one (teacher view, other student view) pair")

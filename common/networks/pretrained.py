@@ -40,11 +40,12 @@ class EncoderLoadError(RuntimeError):
     """A weights file (encoder or whole network) is unreadable or does not fit the module it is loaded in."""
 
 
-def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta) -> Path:
-    """Write ``encoder``'s weights and ``meta`` to ``path`` atomically (:func:`common.atomic.atomic_path`:
+def save_encoder(module: nn.Module, path: str | os.PathLike, **meta) -> Path:
+    """Write ``module``'s weights and ``meta`` to ``path`` atomically (:func:`common.atomic.atomic_path`:
     temporary file in the same folder, then ``os.replace``; a failed or interrupted write leaves the previous
-    file as it was)."""
-    state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    file as it was). ``meta`` may name the encoder (``encoder``, ``encoder_config``: see
+    ``common.networks.encoders``)."""
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     return atomic_torch_save({"state_dict": state, "meta": dict(meta)}, path)
 
 

@@ -49,6 +49,8 @@ class SwinEncoder(SwinTransformer):
         )
         self.spatial_dims = spatial_dims
         self.out_dim = 16 * feature_size
+        self.feature_channels = tuple(feature_size * 2**i for i in range(5))
+        self.feature_strides = tuple(2 ** (i + 1) for i in range(5))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five feature maps ``(B, C_i, *grid_i)``, strides 2, 4, 8, 16, 32."""
@@ -56,6 +58,11 @@ class SwinEncoder(SwinTransformer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[-1].flatten(2).mean(-1)
+
+    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
+        """``(None, patch tokens (B, N, 16 * feature_size))``: Swin has no [CLS] token; its patch tokens are
+        the last stage's feature map."""
+        return None, tokens(self.features(x)[-1])
 
 
 def tokens(feature_map: torch.Tensor) -> torch.Tensor:

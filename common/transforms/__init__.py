@@ -1,13 +1,20 @@
 """Dimension-agnostic transforms: pipelines for 2D and 3D images, channel adaptation, self-supervised views
 and masks."""
 
-from .builders import INTENSITY_MODES, intensity_transform, load_transforms, segmentation_transforms
+from .builders import (
+    INTENSITY_MODES,
+    classification_transforms,
+    intensity_transform,
+    load_transforms,
+    segmentation_transforms,
+)
 from .channels import AdaptChannelsd, adapt_channels, photometric_interpretation
 from .cutout import cutout, random_cutout_mask
 from .embeddings import SaveEmbeddingd
 from .genesis import ModelsGenesisd, genesis_transforms
 from .masking import random_block_mask, upsample_mask
 from .partial_labels import AnnotatedClassesd, MergeUnannotatedd, partial_label_transforms
+from .radiographs import BoxPatchd, coda_transforms, leader_transforms
 from .rotation import all_rotations, random_rotation_labels, rotate_batch
 from .ssl import MultiCropd, NormalizeByModalityd, embedding_transforms, pool_transforms, ssl_transforms
 
@@ -15,6 +22,7 @@ __all__ = [
     "INTENSITY_MODES",
     "AdaptChannelsd",
     "AnnotatedClassesd",
+    "BoxPatchd",
     "MergeUnannotatedd",
     "ModelsGenesisd",
     "MultiCropd",
@@ -22,10 +30,13 @@ __all__ = [
     "SaveEmbeddingd",
     "adapt_channels",
     "all_rotations",
+    "classification_transforms",
+    "coda_transforms",
     "cutout",
     "embedding_transforms",
     "genesis_transforms",
     "intensity_transform",
+    "leader_transforms",
     "load_transforms",
     "partial_label_transforms",
     "photometric_interpretation",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from monai import transforms as mt
 
 from .channels import AdaptChannelsd
@@ -145,4 +146,37 @@ def segmentation_transforms(
         mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
         mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
     ]
+    return mt.Compose(out)
+
+
+def classification_transforms(
+    stage: str,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    pixdim: float | Sequence[float] | None = None,
+    intensity: str = "ct",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+    spatial_size: int | Sequence[int] = 96,
+    label_key: str | None = "label",
+    multilabel: bool = False,
+    image_key: str = "image",
+) -> mt.Compose:
+    """The classification pipeline of one ``stage`` for 2D images or 3D volumes: load and normalise
+    (:func:`load_transforms`), resize the whole image to ``spatial_size``; ``train`` adds a small random
+    affine (rotation up to 10 degrees, scale 10 %) and intensity jitter. The label (``label_key``) becomes a
+    long class index, or with ``multilabel`` a float vector of 0/1 per class."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    out = load_transforms([image_key], spatial_dims, in_channels, pixdim, intensity, ct_window, image_key)
+    out.append(mt.Resized(image_key, spatial_size=_as_tuple(spatial_size, spatial_dims), mode="area"))
+    if stage == "train":
+        out += [
+            mt.RandAffined(image_key, prob=0.5, rotate_range=0.17, scale_range=0.1, padding_mode="zeros"),
+            mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
+            mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
+        ]
+    out.append(mt.EnsureTyped(image_key, track_meta=stage == "infer"))
+    if label_key and stage != "infer":
+        dtype = torch.float32 if multilabel else torch.long
+        out.append(mt.EnsureTyped(label_key, dtype=dtype, track_meta=False))
     return mt.Compose(out)

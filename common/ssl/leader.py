@@ -1,0 +1,150 @@
+"""LeADER (papers/001, Sec. 3, Algorithm 1): a student learns an anatomy-disease entangled representation
+by distilling two frozen expert teachers.
+
+The student ``S`` (paper: Swin-B; here any encoder of the collection, 2D Swin by default) gives ``E_DA``;
+the disease head ``h_D`` and the anatomy head ``h_A`` (2-layer MLPs) map it to the embedding spaces of the
+disease expert ``T_D`` and the anatomy expert ``T_A``, whose output widths set the heads' output widths
+(read by one forward pass of each teacher at construction). ``L_D = l_s(T_D(I), h_D(S(I)))``,
+``L_A = l_s(T_A(I), h_A(S(I)))`` (Eq. 1-2), ``L = L_D + L_A`` (Eq. 3), ``l_s`` MSE by default
+(:func:`~common.losses.distillation.distillation_loss`).
+
+Algorithm 1's two stages: in stage 1 only the disease branch trains, on whole images (lines 8-13); in
+stage 2 both branches train on (image, patch) pairs, each loss taken on the image and on the patch (lines
+15-27). ``stage`` is an attribute the :class:`~common.engines.LeADERStageHandler` sets each epoch. Patches
+come from disease boxes, random patches from healthy images (:class:`~common.transforms.BoxPatchd`).
+
+Teachers stay frozen: no gradient, ``eval`` mode whatever the student's mode, weights unchanged; they are
+loaded by :func:`load_teacher` from a bundle directory, a TorchScript file or an encoder file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..losses.distillation import distillation_loss
+from ..networks.encoders import encoder_from_file
+from ..networks.heads import mlp
+from ..networks.pretrained import EncoderLoadError, read_encoder_file, state_dict_problems
+from .base import SSLMethod
+
+STAGES = (1, 2)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` in eval mode with every parameter's ``requires_grad`` off."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def load_teacher(path: str | os.PathLike) -> nn.Module:
+    """A frozen expert teacher from ``path``:
+
+    - a bundle directory: its ``configs/inference.json`` ``network_def`` with ``models/model.pt`` loaded
+      (strict key check);
+    - a TorchScript file (``torch.jit.save``, e.g. a bundle's ``models/model.ts``);
+    - an encoder file of the collection (its meta names the encoder, see ``common.networks.encoders``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(path / "configs" / "inference.json"))
+        parser["bundle_root"] = str(path)
+        network = parser.get_parsed_content("network_def")
+        state, _ = read_encoder_file(path / "models" / "model.pt")
+        problems = state_dict_problems(network.state_dict(), state)
+        if problems:
+            raise EncoderLoadError(
+                "\n".join([f"{path}/models/model.pt does not fit the bundle's network_def", *problems])
+            )
+        network.load_state_dict(state)
+        return freeze(network)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"teacher not found: {path} (give a bundle directory, a TorchScript file or an encoder file)"
+        )
+    try:
+        return freeze(torch.jit.load(str(path), map_location="cpu"))
+    except RuntimeError:
+        return freeze(encoder_from_file(path))
+
+
+def as_teacher(teacher: nn.Module | str | os.PathLike) -> nn.Module:
+    """A module frozen as it is, or :func:`load_teacher` of a path."""
+    return freeze(teacher) if isinstance(teacher, nn.Module) else load_teacher(teacher)
+
+
+def teacher_embedding(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` embedding of a teacher's output: the first element of a tuple/list output, spatial maps
+    averaged over space."""
+    with torch.no_grad():
+        out = teacher(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.flatten(2).mean(-1) if out.ndim > 2 else out
+
+
+class LeADER(SSLMethod):
+    """``encoder``: the student; ``disease_teacher`` / ``anatomy_teacher``: modules or paths for
+    :func:`load_teacher`; ``input_shape``: one input ``(C, *spatial)`` used to read the teachers' widths."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        disease_teacher: nn.Module | str | os.PathLike,
+        anatomy_teacher: nn.Module | str | os.PathLike,
+        input_shape: Sequence[int],
+        head_hidden_dim: int = 2048,
+        loss: str = "mse",
+        stage: int = 1,
+        image_key: str = "image",
+        patch_key: str = "patch",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.disease_teacher = as_teacher(disease_teacher)
+        self.anatomy_teacher = as_teacher(anatomy_teacher)
+        probe = torch.zeros(2, *input_shape)
+        disease_dim = teacher_embedding(self.disease_teacher, probe).shape[1]
+        anatomy_dim = teacher_embedding(self.anatomy_teacher, probe).shape[1]
+        self.disease_head = mlp(encoder.out_dim, head_hidden_dim, disease_dim, num_layers=2)
+        self.anatomy_head = mlp(encoder.out_dim, head_hidden_dim, anatomy_dim, num_layers=2)
+        self.loss_kind, self.image_key, self.patch_key = loss, image_key, patch_key
+        self.stage = stage
+
+    def train(self, mode: bool = True) -> LeADER:
+        """Train mode for the student and heads; the teachers stay in eval mode."""
+        super().train(mode)
+        self.disease_teacher.eval()
+        self.anatomy_teacher.eval()
+        return self
+
+    def _branch(
+        self, teacher: nn.Module, head: nn.Module, x: torch.Tensor, student: torch.Tensor
+    ) -> torch.Tensor:
+        return distillation_loss(teacher_embedding(teacher, x), head(student), self.loss_kind)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.stage not in STAGES:
+            raise ValueError(f"LeADER stage must be one of {STAGES}, got {self.stage}")
+        image = batch[self.image_key]
+        student_image = self.encoder(image)
+        disease = self._branch(self.disease_teacher, self.disease_head, image, student_image)
+        if self.stage == 1:
+            return {"loss": disease, "disease": disease.detach()}
+        if self.patch_key not in batch:
+            raise KeyError(f"LeADER stage 2 needs image/patch pairs: no {self.patch_key!r} in the batch")
+        patch = batch[self.patch_key]
+        student_patch = self.encoder(patch)
+        disease = disease + self._branch(self.disease_teacher, self.disease_head, patch, student_patch)
+        anatomy = self._branch(self.anatomy_teacher, self.anatomy_head, image, student_image) + self._branch(
+            self.anatomy_teacher, self.anatomy_head, patch, student_patch
+        )
+        return {"loss": disease + anatomy, "disease": disease.detach(), "anatomy": anatomy.detach()}
