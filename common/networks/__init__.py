@@ -1,7 +1,14 @@
-"""Networks: the Swin encoder, projection heads, segmenter assembly, pre-trained encoder files and the
-transfer of whole pre-trained segmenters (SuPreM checkpoints included)."""
+"""Networks: the encoders (Swin 2D/3D, ConvNeXt 2D/3D, DINOv2-compatible ViT) behind one interface
+(``encoders``), projection heads, classifiers and decoders on any encoder, parameter-efficient fine-tuning,
+segmenter assembly, pre-trained encoder files and the transfer of whole pre-trained segmenters."""
 
+from .classifier import EncoderClassifier, SliceAveragedEncoder, build_classifier, input_encoder
+from .convnext import ConvNeXt
+from .decoders import LinearDecoder, UNetDecoder
+from .encoder_decoder import EncoderDecoder, SliceWise, build_encoder_segmenter, build_frozen_segmenter
+from .encoders import ENCODERS, build_encoder, encoder_from_file
 from .heads import DINOHead, mlp
+from .peft import apply_bitfit, apply_lora, apply_peft, merge_lora, trainable_share
 from .pretrained import (
     EncoderLoadError,
     load_encoder,
@@ -13,8 +20,29 @@ from .pretrained import (
 from .segmenter import ARCHITECTURES, build_segmenter, swin_encoder
 from .swin import SwinEncoder
 from .transfer import load_network_except_output, load_suprem_checkpoint, output_layer_prefixes
+from .vit import ViT
 
 __all__ = [
+    "ENCODERS",
+    "ConvNeXt",
+    "EncoderClassifier",
+    "EncoderDecoder",
+    "LinearDecoder",
+    "SliceAveragedEncoder",
+    "SliceWise",
+    "UNetDecoder",
+    "ViT",
+    "apply_bitfit",
+    "apply_lora",
+    "apply_peft",
+    "build_classifier",
+    "build_encoder",
+    "build_encoder_segmenter",
+    "build_frozen_segmenter",
+    "encoder_from_file",
+    "input_encoder",
+    "merge_lora",
+    "trainable_share",
     "ARCHITECTURES",
     "DINOHead",
     "SwinEncoder",

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ..losses.distillation import distillation_loss
-from ..networks.encoders import encoder_from_file
+from ..networks.encoders import build_encoder, encoder_from_file
 from ..networks.heads import mlp
-from ..networks.pretrained import EncoderLoadError, read_encoder_file, state_dict_problems
+from ..networks.pretrained import EncoderLoadError, read_encoder_file, save_encoder, state_dict_problems
 from .base import SSLMethod
 
 STAGES = (1, 2)
@@ -74,6 +74,17 @@ def load_teacher(path: str | os.PathLike) -> nn.Module:
         return freeze(torch.jit.load(str(path), map_location="cpu"))
     except RuntimeError:
         return freeze(encoder_from_file(path))
+
+
+def write_stand_in_teacher(path: str | os.PathLike, name: str, config: dict, seed: int = 0) -> str:
+    """Write a randomly initialised encoder (seeded, so every process writes the same weights) as an encoder
+    file marked ``stand_in``, and return its path. For smoke checks of the bundle only: it knows nothing,
+    a real run takes trained experts (see the bundle's docs)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = build_encoder(name, **config)
+    save_encoder(encoder, path, encoder=name, encoder_config=dict(config), stand_in=True)
+    return str(path)
 
 
 def as_teacher(teacher: nn.Module | str | os.PathLike) -> nn.Module:

@@ -163,8 +163,9 @@ def classification_transforms(
 ) -> mt.Compose:
     """The classification pipeline of one ``stage`` for 2D images or 3D volumes: load and normalise
     (:func:`load_transforms`), resize the whole image to ``spatial_size``; ``train`` adds a small random
-    affine (rotation up to 10 degrees, scale 10 %) and intensity jitter. The label (``label_key``) becomes a
-    long class index, or with ``multilabel`` a float vector of 0/1 per class."""
+    affine (rotation up to 10 degrees, scale 10 %) and intensity jitter. The label (the item's ``label_key``,
+    e.g. a multi-label ``findings`` list) becomes ``label``: a long class index, or with ``multilabel`` a
+    float vector of 0/1 per class."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     out = load_transforms([image_key], spatial_dims, in_channels, pixdim, intensity, ct_window, image_key)
@@ -177,6 +178,8 @@ def classification_transforms(
         ]
     out.append(mt.EnsureTyped(image_key, track_meta=stage == "infer"))
     if label_key and stage != "infer":
+        if label_key != "label":
+            out += [mt.DeleteItemsd("label"), mt.CopyItemsd(label_key, names="label")]
         dtype = torch.float32 if multilabel else torch.long
-        out.append(mt.EnsureTyped(label_key, dtype=dtype, track_meta=False))
+        out.append(mt.EnsureTyped("label", dtype=dtype, track_meta=False))
     return mt.Compose(out)

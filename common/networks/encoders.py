@@ -1,0 +1,63 @@
+"""One interface for every encoder of the collection, and one way to build it from a config and a file.
+
+Every encoder (:class:`~common.networks.swin.SwinEncoder` 2D/3D, :class:`~common.networks.convnext.ConvNeXt`
+2D/3D, :class:`~common.networks.vit.ViT` 2D with DINOv2 compatibility) has
+
+- ``forward(x) -> (B, out_dim)``: the pooled embedding (ViT: the [CLS] token);
+- ``tokens(x) -> (cls | None, patch tokens (B, N, D))``: the token view (``cls`` is ``None`` without one);
+- ``features(x) -> [maps (B, C_i, *grid_i)]``: multi-scale features for decoders (the last four are used);
+- attributes ``spatial_dims``, ``out_dim``, ``feature_channels``, ``feature_strides``.
+
+Pre-training bundles write encoder files with meta ``encoder`` (a name of :data:`ENCODERS`) and
+``encoder_config`` (the constructor arguments), so :func:`encoder_from_file` rebuilds an encoder from the file
+alone; files of the 3D SSL bundles, which predate the registry, carry ``in_channels``, ``feature_size`` and
+``spatial_dims`` and are Swin encoders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from torch import nn
+
+from .convnext import ConvNeXt
+from .pretrained import EncoderLoadError, load_encoder, read_encoder_file
+from .swin import SwinEncoder
+from .vit import ViT
+
+ENCODERS: dict[str, type[nn.Module]] = {"swin": SwinEncoder, "convnext": ConvNeXt, "vit": ViT}
+LEGACY_SWIN_META = ("in_channels", "feature_size", "spatial_dims")
+
+
+def build_encoder(
+    name: str = "swin", pretrained_encoder: str | os.PathLike | None = None, **config
+) -> nn.Module:
+    """``ENCODERS[name](**config)``, loaded from the encoder file ``pretrained_encoder`` when one is given
+    (strict key and shape check, :func:`~common.networks.pretrained.load_encoder`). ``""`` means no file."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    encoder = ENCODERS[name](**config)
+    if pretrained_encoder:
+        load_encoder(encoder, pretrained_encoder)
+    return encoder
+
+
+def encoder_spec(meta: Mapping, path: str | os.PathLike = "<meta>") -> tuple[str, dict]:
+    """``(name, config)`` recorded in an encoder file's meta."""
+    if "encoder" in meta:
+        return str(meta["encoder"]), dict(meta.get("encoder_config", {}))
+    if all(k in meta for k in LEGACY_SWIN_META):
+        return "swin", {k: meta[k] for k in LEGACY_SWIN_META}
+    raise EncoderLoadError(
+        f"{path}: the file's meta does not say which encoder it holds (no 'encoder' key; meta keys: "
+        f"{sorted(meta)}); build the encoder with build_encoder(name, path, **config) instead"
+    )
+
+
+def encoder_from_file(path: str | os.PathLike, **overrides) -> nn.Module:
+    """The encoder an encoder file describes (its meta's ``encoder`` and ``encoder_config``, updated by
+    ``overrides``), with the file's weights loaded."""
+    _, meta = read_encoder_file(path)
+    name, config = encoder_spec(meta, path)
+    return build_encoder(name, path, **{**config, **overrides})
