@@ -5,6 +5,7 @@ segmenter assembly, pre-trained encoder files and the transfer of whole pre-trai
 from .classifier import EncoderClassifier, SliceAveragedEncoder, build_classifier, input_encoder
 from .convnext import ConvNeXt
 from .decoders import LinearDecoder, UNetDecoder
+from .dinov2 import dinov2_vit, load_dinov2_weights
 from .encoder_decoder import EncoderDecoder, SliceWise, build_encoder_segmenter, build_frozen_segmenter
 from .encoders import ENCODERS, build_encoder, encoder_from_file
 from .heads import DINOHead, mlp
@@ -20,7 +21,7 @@ from .pretrained import (
 from .segmenter import ARCHITECTURES, build_segmenter, swin_encoder
 from .swin import SwinEncoder
 from .transfer import load_network_except_output, load_suprem_checkpoint, output_layer_prefixes
-from .vit import ViT
+from .vit import ViT, interpolate_pos_embed
 
 __all__ = [
     "ENCODERS",
@@ -32,6 +33,9 @@ __all__ = [
     "SliceWise",
     "UNetDecoder",
     "ViT",
+    "dinov2_vit",
+    "interpolate_pos_embed",
+    "load_dinov2_weights",
     "apply_bitfit",
     "apply_lora",
     "apply_peft",

@@ -11,8 +11,8 @@ The architecture of the paper's Sec. 2 and Fig. 4:
 
 ``spatial_dims`` 3 replaces every convolution by its 3D counterpart (kernels 4^3, 7^3, 2^3). Parameter
 names follow the authors' reference implementation (``downsample_layers.{i}``, ``stages.{i}.{j}.dwconv``,
-``.norm``, ``.pwconv1``, ``.pwconv2``, ``.gamma``, final ``norm``; no classifier head), so 2D ImageNet
-weights of that layout load with :func:`common.networks.pretrained.load_encoder` (minus its ``head.*`` keys).
+``.norm``, ``.pwconv1``, ``.pwconv2``, ``.gamma``, final ``norm``; no classifier head): the keys of its 2D
+ImageNet checkpoints, but for the classifier's ``head.*``, name the same tensors here.
 
 Inputs must have every spatial size a multiple of 32 (stem 4 x three down-samplings by 2): other sizes
 would give feature maps whose sizes are not the input size divided by the stride, which U-Net decoders
@@ -68,7 +68,9 @@ class ConvNeXtBlock(nn.Module):
         self, dim: int, spatial_dims: int, drop_path: float = 0.0, layer_scale_init: float = 1e-6
     ) -> None:
         super().__init__()
-        self.dwconv = CONV[spatial_dims](dim, dim, DEPTHWISE_KERNEL, padding=DEPTHWISE_KERNEL // 2, groups=dim)
+        self.dwconv = CONV[spatial_dims](
+            dim, dim, DEPTHWISE_KERNEL, padding=DEPTHWISE_KERNEL // 2, groups=dim
+        )
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.pwconv1 = nn.Linear(dim, MLP_RATIO * dim)
         self.act = nn.GELU()
@@ -167,7 +169,7 @@ class ConvNeXt(nn.Module):
         """The four stage outputs ``(B, dims[i], *size / stride_i)``, strides 4, 8, 16, 32."""
         self._check_input(x)
         maps = []
-        for downsample, stage in zip(self.downsample_layers, self.stages):
+        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = stage(downsample(x))
             maps.append(x)
         return maps

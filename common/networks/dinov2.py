@@ -70,7 +70,11 @@ def _fit_to(vit: ViT, state: dict[str, torch.Tensor], source: str) -> dict[str, 
     """Resize ``pos_embed`` to the ViT's grid and sum RGB patch filters for a one-channel ViT (module doc)."""
     own = vit.state_dict()
     pos = state.get("pos_embed")
-    if pos is not None and pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
+    if (
+        pos is not None
+        and pos.shape != own["pos_embed"].shape
+        and pos.shape[-1] == own["pos_embed"].shape[-1]
+    ):
         try:
             state["pos_embed"] = interpolate_pos_embed(pos, (vit.grid, vit.grid))
         except ValueError as err:
@@ -81,9 +85,7 @@ def _fit_to(vit: ViT, state: dict[str, torch.Tensor], source: str) -> dict[str, 
     return state
 
 
-def load_dinov2_weights(
-    vit: ViT, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]
-) -> ViT:
+def load_dinov2_weights(vit: ViT, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) -> ViT:
     """Load an official DINOv2 checkpoint (a file path, read with ``weights_only=True``, or a state dict)
     into ``vit`` with the key mapping of the module doc and a strict key and shape check; returns ``vit``.
 
@@ -109,9 +111,9 @@ def dinov2_vit(
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     in_channels: int = 3,
 ) -> ViT:
-    """The ViT of DINOv2's hub model ``dinov2_vit{s,b,l,g}14[_reg4]`` (:data:`~common.networks.vit.VIT_VARIANTS`,
-    patch 14, LayerScale) with ``registers`` register tokens, position embeddings for ``img_size``, loaded
-    from ``weights`` when given (:func:`load_dinov2_weights`)."""
+    """The ViT of DINOv2's hub model ``dinov2_vit{s,b,l,g}14[_reg4]``
+    (:data:`~common.networks.vit.VIT_VARIANTS`, patch 14, LayerScale) with ``registers`` register tokens,
+    position embeddings for ``img_size``, loaded from ``weights`` when given (:func:`load_dinov2_weights`)."""
     if variant not in VIT_VARIANTS:
         raise ValueError(f"unknown DINOv2 variant {variant!r}; choose one of {sorted(VIT_VARIANTS)}")
     vit = ViT(

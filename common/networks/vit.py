@@ -64,7 +64,8 @@ def interpolate_pos_embed(
     h, w = int(new_grid[0]), int(new_grid[1])
     if h == side and w == side:
         return pos_embed
-    grid = pos_embed[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    compute_dtype = torch.promote_types(pos_embed.dtype, torch.float32)  # bicubic needs float32 or wider
+    grid = pos_embed[:, 1:].to(compute_dtype).reshape(1, side, side, dim).permute(0, 3, 1, 2)
     scale = ((h + offset) / side, (w + offset) / side)
     grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
     patches = grid.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos_embed.dtype)
@@ -101,7 +102,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -227,9 +230,10 @@ class ViT(nn.Module):
         if num_register_tokens < 0:
             raise ValueError(f"ViT: num_register_tokens must be >= 0, got {num_register_tokens}")
         blocks = tuple(feature_blocks) if feature_blocks is not None else default_feature_blocks(depth)
-        if len(blocks) != NUM_FEATURE_MAPS or list(blocks) != sorted(set(blocks)) or not 0 <= blocks[0] <= blocks[-1] < depth:
+        increasing = len(blocks) == NUM_FEATURE_MAPS and list(blocks) == sorted(set(blocks))
+        if not (increasing and 0 <= blocks[0] and blocks[-1] < depth):
             raise ValueError(
-                f"ViT: feature_blocks must be {NUM_FEATURE_MAPS} increasing indices in [0, {depth}), got {blocks}"
+                f"ViT: feature_blocks must be 4 increasing indices in [0, {depth}), got {blocks}"
             )
         self.in_channels = in_channels
         self.patch_size = patch_size
