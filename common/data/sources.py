@@ -58,6 +58,14 @@ SOURCES = {
             members=("data/",),
         ),
         PackageSource(
+            name="pydicom_data",
+            requirement="pydicom-data==1.0.0",
+            pip_args=("--no-deps",),
+            archive="pydicom_data-1.0.0-py3-none-any.whl",
+            sha256="622ac97265f1d91f76b5120b5bd6eb0f57737c392ef863b72c71779c91e33637",
+            members=("data_store/data/RG1_UNCR.dcm", "data_store/data/RG3_UNCR.dcm"),
+        ),
+        PackageSource(
             name="nilearn",
             requirement="nilearn==0.14.1",
             pip_args=("--no-deps",),
