@@ -104,13 +104,8 @@ def test_frontal_and_lateral_axes_on_a_known_affine(tmp_path):
     # the A-P rod is crossed end to end by the frontal ray (8 voxels) and once by lateral rays
     assert frontal[9 - 4, 5 - 2] == pytest.approx(8 * 0.04)
     np.testing.assert_allclose(lateral[9 - 4], 0.04)
-    # pixel (0, 0) of the frontal image lies at the corner voxel's right and superior world coordinates
-    corner = ct.affine @ [5, 7, 9, 1]
-    affine = rg.drr_affine(ct.affine, ct.shape, "frontal", pixel_mm=1.0)
-    assert (affine @ [0, 0, 0, 1])[[0, 2]] == pytest.approx(corner[[0, 2]])
-    assert (affine @ [1, 1, 0, 1] - affine @ [0, 0, 0, 1])[:3] == pytest.approx([-1.0, 0.0, -1.0])
-    lateral_affine = rg.drr_affine(ct.affine, ct.shape, "lateral", pixel_mm=1.0)
-    assert (lateral_affine @ [0, 0, 0, 1])[[1, 2]] == pytest.approx(corner[[1, 2]])
+    # the 2D affine MONAI reads (its in-plane block) must be invertible: square pixels along the array axes
+    assert np.linalg.det(rg.image_affine(1.5)[:2, :2]) == pytest.approx(2.25)
 
 
 def test_slice_regions_and_slabs_hand_cases():

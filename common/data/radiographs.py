@@ -48,15 +48,8 @@ MU_WATER_PER_MM = 0.02
 PIXEL_MM = 1.5
 WINDOW_HIGH = 8.0  # line integral shown white: 400 mm of water
 VIEWS = {"frontal": 1, "lateral": 0}  # RAS axis the rays travel along
-VIEW_ORIENTATION = {"frontal": ("F", "L"), "lateral": ("F", "P")}  # direction of increasing (row, column)
-RAS_DIRECTION = {
-    "R": (1, 0, 0),
-    "L": (-1, 0, 0),
-    "A": (0, 1, 0),
-    "P": (0, -1, 0),
-    "H": (0, 0, 1),
-    "F": (0, 0, -1),
-}
+# Display convention of every image (rows, columns): rows run head to feet; columns run from the patient's
+# right to left (frontal, as a PA film is read) or from anterior to posterior (lateral).
 
 SIMULATED_REGIONS = ("chest", "abdomen")
 REGIONS = (*SIMULATED_REGIONS, "lower_leg")
@@ -154,37 +147,14 @@ def resample(image: np.ndarray, spacing, pixel_mm: float = PIXEL_MM, mask: bool 
     return out >= 0.5 if mask else out
 
 
-def plane_affine(orientation: tuple[str, str], pixel_mm: float, first_pixel_mm) -> np.ndarray:
-    """4x4 NIfTI affine of a 2D image whose rows and columns run along the RAS directions named by
-    ``orientation`` (letters of :data:`RAS_DIRECTION`), pixel (0, 0) centred at ``first_pixel_mm``."""
-    rows, cols = (np.asarray(RAS_DIRECTION[letter], dtype=np.float64) for letter in orientation)
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (
-        rows * pixel_mm,
-        cols * pixel_mm,
-        np.cross(rows, cols) * pixel_mm,
-    )
-    affine[:3, 3] = first_pixel_mm
-    return affine
+def image_affine(pixel_mm: float = PIXEL_MM) -> np.ndarray:
+    """The 4x4 NIfTI affine of every 2D radiograph: square ``pixel_mm`` pixels along the array axes.
 
-
-def drr_affine(volume_affine: np.ndarray, shape, view: str, pixel_mm: float = PIXEL_MM) -> np.ndarray:
-    """Affine of the resampled display image of a RAS volume: the detector plane through the volume's centre,
-    pixel (0, 0) at its superior, right (frontal) or anterior (lateral) corner."""
-    corner = np.array([(n - 1) / 2 for n in shape], dtype=np.float64)
-    corner[2] = shape[2] - 0.5  # superior edge
-    corner[1 - VIEWS[view]] = shape[1 - VIEWS[view]] - 0.5  # right or anterior edge
-    edge = volume_affine[:3, :3] @ corner + volume_affine[:3, 3]
-    affine = plane_affine(VIEW_ORIENTATION[view], pixel_mm, 0.0)
-    affine[:3, 3] = edge + (affine[:3, 0] + affine[:3, 1]) / 2
-    return affine
-
-
-def crop_affine(affine: np.ndarray, r0: int, c0: int) -> np.ndarray:
-    """Affine of the crop of an image starting at row ``r0``, column ``c0``."""
-    out = affine.copy()
-    out[:3, 3] = affine[:3, 3] + r0 * affine[:3, 0] + c0 * affine[:3, 1]
-    return out
+    A radiograph is a projection: it has no 3D patient orientation to encode, and MONAI reads a 2D image's
+    geometry from the in-plane 2x2 block of the affine, which must be invertible (a coronal-plane affine
+    would make it singular and break resampling and saving). The view's orientation is the display
+    convention above, and the item's ``view`` names it."""
+    return np.diag([pixel_mm, pixel_mm, pixel_mm, 1.0])
 
 
 # ------------------------------------------------------------------------------------ regions and crops
@@ -339,7 +309,6 @@ def simulate_subject(source: CTSource, root: Path) -> list[dict]:
             ((np.arange(len(image)) + 0.5) * PIXEL_MM / spacing[0]).astype(int), len(regions) - 1
         )
         row_regions = regions[::-1][row_slices]
-        affine = drr_affine(ct.affine, hu.shape, view)
         for r0, r1 in slab_rows(len(image)):
             region = majority_region(row_regions[r0:r1])
             if region < 0:
@@ -362,13 +331,14 @@ def simulate_subject(source: CTSource, root: Path) -> list[dict]:
                 "boxes": [{"name": s, "box": bounding_box(crop_masks[s])} for s in sorted(present)],
                 "diseased": TUMOUR in present,
             }
-            crop = crop_affine(affine, r0, c0)
-            _save(image[r0:r1, c0:c1], crop, root / record["image"])
+            _save(image[r0:r1, c0:c1], image_affine(), root / record["image"])
             if all(s in annotated for members in SEGMENTATION_CLASSES.values() for s in members) and any(
                 s in present for members in SEGMENTATION_CLASSES.values() for s in members
             ):
                 record["label"] = f"{SIMULATED_DIR}/{name}_seg.nii.gz"
-                _save(segmentation_map(crop_masks, (r1 - r0, c1 - c0)), crop, root / record["label"])
+                _save(
+                    segmentation_map(crop_masks, (r1 - r0, c1 - c0)), image_affine(), root / record["label"]
+                )
             records.append(record)
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps(records, indent=1) + "\n")
@@ -386,7 +356,7 @@ REAL_RADIOGRAPHS = {  # subject -> (file in pydicom-data, body region)
 
 def real_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM radiograph as a [0, 1] MONOCHROME2 image (bright bone) at ``PIXEL_MM`` (from
-    ``ASSUMED_DETECTOR_PIXEL_MM``) and its 2D affine from the Patient Orientation tag.
+    ``ASSUMED_DETECTOR_PIXEL_MM``) and its 2D affine (:func:`image_affine`).
 
     MONOCHROME1 files (bright air as stored) must be inverted before NIfTI drops the photometric tag that
     :class:`~common.transforms.AdaptChannelsd` acts on. ITK's GDCM reader (SimpleITK 2.5, ITK 5.4) already
@@ -395,17 +365,7 @@ def real_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
-    tags = {
-        key: reader.GetMetaData(key).strip()
-        for key in ("0028|0004", "0020|0020")
-        if reader.HasMetaDataKey(key)
-    }
-    orientation = tags.get("0020|0020", "").split("\\")
-    if len(orientation) != 2 or not all(letter in RAS_DIRECTION for letter in orientation):
-        raise ValueError(
-            f"{path}: Patient Orientation (0020,0020) is {tags.get('0020|0020')!r}, not two of "
-            f"{list(RAS_DIRECTION)}"
-        )
+    tags = {key: reader.GetMetaData(key).strip() for key in ("0028|0004",) if reader.HasMetaDataKey(key)}
     pixels = sitk.GetArrayFromImage(image).astype(np.float64).reshape(image.GetHeight(), image.GetWidth())
     if tags.get("0028|0004") not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(
@@ -413,8 +373,7 @@ def real_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     scaled = (pixels - pixels.min()) / max(np.ptp(pixels), 1e-12)
     resized = resample(scaled, (ASSUMED_DETECTOR_PIXEL_MM,) * 2)
-    # DICOM names the direction of increasing column first, then of increasing row
-    return np.clip(resized, 0, 1).astype(np.float32), plane_affine(orientation[::-1], PIXEL_MM, 0.0)
+    return np.clip(resized, 0, 1).astype(np.float32), image_affine()
 
 
 def prepare_real_radiographs(raw: Path, root: Path) -> list[dict]:
