@@ -36,13 +36,14 @@ def bundle_root(name: str) -> str:
     raise FileNotFoundError(f"bundle {name!r} not found in {cwd} nor in {REPO_ROOT / 'bundles'}")
 
 
-def class_names(datalist_file: str) -> list[str]:
-    """Class names, ordered by label value, from a Decathlon datalist's ``labels`` entry."""
+def class_names(datalist_file: str, key: str = "labels") -> list[str]:
+    """Class names from a Decathlon datalist's ``key`` entry (default ``labels``): a ``{"0": name, ...}``
+    mapping, ordered by label value, or a list (such as ``finding_names``)."""
     with open(datalist_file) as f:
-        labels = json.load(f).get("labels")
-    if not labels:
-        raise KeyError(f"{datalist_file}: no 'labels' entry naming the classes")
-    return [labels[str(i)] for i in range(len(labels))]
+        names = json.load(f).get(key)
+    if not names:
+        raise KeyError(f"{datalist_file}: no {key!r} entry naming the classes")
+    return [names[str(i)] for i in range(len(names))] if isinstance(names, dict) else list(names)
 
 
 def _undefined(config: dict, key: str) -> str | None:

@@ -2,7 +2,7 @@
 checks before training."""
 
 from .cache import CACHE_ENV, DATA_LISTS_DIR, cache_root, dataset_dir
-from .datalists import add_fewshot_keys, class_names, fewshot_key, fewshot_split, read_key
+from .datalists import add_fewshot_keys, fewshot_key, fewshot_split, read_key
 from .fetch import DataFetchError, fetch
 from .labels import MULTIORGAN_CT_CLASSES, remap_to_classes
 from .validation import ON_BAD_SAMPLE, check_sample, load_datalist
@@ -16,7 +16,6 @@ __all__ = [
     "add_fewshot_keys",
     "cache_root",
     "check_sample",
-    "class_names",
     "dataset_dir",
     "fetch",
     "fewshot_key",

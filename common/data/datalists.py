@@ -25,15 +25,6 @@ def read_key(datalist_path: str | os.PathLike, key: str) -> list[dict]:
     return data[key]
 
 
-def class_names(datalist_path: str | os.PathLike, key: str = "labels") -> list[str]:
-    """The class names under ``key`` of a datalist: a ``{"0": name, ...}`` mapping (in index order) or a
-    list; a KeyError names the file and the key."""
-    names = read_key(datalist_path, key)
-    if isinstance(names, dict):
-        return [names[str(i)] for i in range(len(names))]
-    return list(names)
-
-
 def fewshot_split(
     items: Sequence[dict], shots: int | None = None, fraction: float | None = None, seed: int = 0
 ):
