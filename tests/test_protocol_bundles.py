@@ -10,6 +10,7 @@ from monai.bundle import run
 from common import bundle_checks as bc
 from common.bundle import REPO_ROOT
 from common.data.organ_patches import ORGAN_CLASSES
+from common.evaluation import bundle_runs
 from common.networks import build_encoder, save_encoder
 
 BUNDLES = REPO_ROOT / "bundles"
@@ -100,3 +101,39 @@ def test_organ_patch_datalist(prepared_data):
     for item in data["training"] + data["test"]:
         assert item["findings"][item["label"]] == 1  # the centre organ is present in its own patch
         assert (prepared_data / item["image"]).is_file()
+
+
+def test_leader_distils_a_trained_classifier_and_a_coda_encoder(prepared_data, tmp_path):
+    """The radiograph chain through monai.bundle: Coda's teacher encoder is the anatomy expert, a trained
+    radiograph classifier (exported to TorchScript) the disease expert; LeADER's encoder then transfers."""
+    coda = bc.train_smoke(BUNDLES / "coda_pretrain", tmp_path / "coda")
+    assert coda.name == "encoder.pt"
+    classifier = tmp_path / "classifier"
+    bc.train_smoke(BUNDLES / "radiograph_classification", classifier)
+    smoke = bc.smoke_overrides(BUNDLES / "radiograph_classification", "train.json")
+    expert = bundle_runs.export_torchscript(
+        "radiograph_classification",
+        classifier,
+        [1, 1, 64, 64],
+        encoder_config=smoke["encoder_config"],
+        image_size=64,
+    )
+    leader = bc.train_smoke(
+        BUNDLES / "leader_pretrain",
+        tmp_path / "leader",
+        disease_teacher=str(expert),
+        anatomy_teacher=str(coda),
+    )
+    state = torch.load(tmp_path / "leader" / "models" / "model.pt", map_location="cpu", weights_only=True)[
+        "model"
+    ]
+    assert state["disease_head.2.weight"].shape[0] == 2  # the classifier's two regions
+    assert state["anatomy_head.2.weight"].shape[0] == 64  # the smoke Coda ConvNeXt's width
+    weights = trained_weights(
+        "radiograph_classification",
+        tmp_path / "transfer",
+        pretrained_encoder=str(leader),
+        encoder_name="swin",
+        encoder_config={"in_channels": 1, "feature_size": 12, "spatial_dims": 2},
+    )
+    assert any(k.startswith("encoder.layers1") for k in weights)
