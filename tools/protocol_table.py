@@ -142,7 +142,7 @@ def main(
     """Run every (task, encoder, protocol) cell of ``tasks`` not yet in ``work_dir`` and write the table
     (the radiograph task includes frozen-encoder segmentation)."""
     work_dir, start = Path(work_dir), time.time()
-    if not swin3d_encoder:
+    if not swin3d_encoder and "ct_organ_classification" in tasks:
         swin3d_encoder = pretrain_ssl(
             "simmim",
             work_dir / "simmim",
