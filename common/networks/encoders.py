@@ -1,7 +1,8 @@
 """One interface for every encoder of the collection, and one way to build it from a config and a file.
 
 Every encoder (:class:`~common.networks.swin.SwinEncoder` 2D/3D, :class:`~common.networks.convnext.ConvNeXt`
-2D/3D, :class:`~common.networks.vit.ViT` 2D with DINOv2 compatibility) has
+2D/3D, :class:`~common.networks.vit.ViT` 2D with DINOv2 compatibility, the encoder half of SegResNet
+:class:`~common.networks.segresnet_encoder.SegResNetEncoder` 2D/3D) has
 
 - ``forward(x) -> (B, out_dim)``: the pooled embedding (ViT: the [CLS] token);
 - ``tokens(x) -> (cls | None, patch tokens (B, N, D))``: the token view (``cls`` is ``None`` without one);
@@ -23,10 +24,16 @@ from torch import nn
 
 from .convnext import ConvNeXt
 from .pretrained import EncoderLoadError, load_encoder, read_encoder_file
+from .segresnet_encoder import SegResNetEncoder
 from .swin import SwinEncoder
 from .vit import ViT
 
-ENCODERS: dict[str, type[nn.Module]] = {"swin": SwinEncoder, "convnext": ConvNeXt, "vit": ViT}
+ENCODERS: dict[str, type[nn.Module]] = {
+    "swin": SwinEncoder,
+    "convnext": ConvNeXt,
+    "vit": ViT,
+    "segresnet": SegResNetEncoder,
+}
 LEGACY_SWIN_META = ("in_channels", "feature_size", "spatial_dims")
 
 
