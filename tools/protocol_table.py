@@ -57,7 +57,7 @@ def probe_rows(bundle: str, out: Path, encoder: tuple, overrides: dict) -> list[
             {
                 "task": bundle,
                 "encoder": name,
-                "protocol": row["protocol"],
+                "protocol": "linear_probe" if row["protocol"] == "linear" else row["protocol"],
                 "metric": "test mean AUROC",
                 "value": value,
                 "trainable_share": None,
@@ -96,7 +96,7 @@ def finetune_row(
     return {
         "task": bundle,
         "encoder": name,
-        "protocol": protocol,
+        "protocol": "linear_head" if protocol == "linear" else protocol,
         "metric": "test mean AUROC",
         "value": metrics["val_auroc"],
         "trainable_share": share["share"],
