@@ -32,6 +32,7 @@ from common.networks import build_classifier, trainable_share
 CONVNEXT2D = {"in_channels": 1, "spatial_dims": 2, "depths": [2, 2, 2, 2], "dims": [32, 64, 128, 256]}
 VIT2D = {"in_channels": 1, "img_size": 112, "patch_size": 14, "embed_dim": 192, "depth": 6, "num_heads": 3}
 SWIN3D = {"in_channels": 1, "feature_size": 12, "spatial_dims": 3}
+IMAGE_SIZE = {"convnext": 128, "vit": 112}
 LORA_TARGETS = {"swin": ["qkv"], "vit": ["qkv"], "convnext": ["pwconv1", "pwconv2"]}
 FINETUNE_PROTOCOLS = ("linear", "lora", "bitfit", "full")
 
@@ -179,7 +180,7 @@ def main(
                 ),
                 ("vit_s14_dinov2_layout", "vit", VIT2D, None),
             ],
-            {"image_size": 112},
+            {},
         ),
     }
     rows = []
@@ -189,6 +190,8 @@ def main(
             overrides = dict(common, **{k: v for k, v in extra.items() if k != "num_classes"})
             if bundle == "ct_organ_classification" and encoder[1] != "swin":
                 overrides["slice_average"] = True
+            if bundle == "radiograph_classification":  # ConvNeXt takes multiples of 32, ViT of its patch 14
+                overrides["image_size"] = IMAGE_SIZE[encoder[1]]
             cell = work_dir / bundle / encoder[0]
             probe_overrides = {k: v for k, v in overrides.items() if k not in ("max_epochs",)}
             rows += probe_rows(bundle, cell / "probe", encoder, probe_overrides)
@@ -206,7 +209,7 @@ def main(
                 )
             if bundle == "radiograph_classification":
                 seg = {k: v for k, v in train_overrides.items() if k not in ("image_size", "batch_size")}
-                seg["roi_size"] = [112, 112]
+                seg["roi_size"] = [IMAGE_SIZE[encoder[1]]] * 2
                 for decoder in ("linear", "unet"):
                     rows.append(segmentation_row(cell / f"seg_{decoder}", encoder, decoder, seg))
     with (work_dir / "protocols.csv").open("w", newline="") as f:
