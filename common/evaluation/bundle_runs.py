@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
 
@@ -65,7 +66,11 @@ def evaluate(bundle: str, work_dir: str | os.PathLike, metric: str, **overrides)
     flow.finalize()
     if metric not in metrics:
         raise KeyError(f"{bundle}: evaluation produced no {metric!r} (metrics: {sorted(metrics)})")
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, np.generic, np.ndarray, torch.Tensor))
+    }
 
 
 def export_torchscript(
