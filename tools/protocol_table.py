@@ -222,7 +222,7 @@ def main(
     ]
     for r in rows:
         value = "—" if r["value"] is None else f"{r['value']:.3f}"
-        share = "" if r["trainable_share"] is None else f"{100 * r['trainable_share']:.1f} %"
+        share = "" if r["trainable_share"] is None else f"{100 * r['trainable_share']:.2f} %"
         cells = (r["task"], r["encoder"], r["protocol"], r["metric"], value, share, r["note"])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{epochs} epochs per trained protocol; {time.time() - start:.0f} s.")
