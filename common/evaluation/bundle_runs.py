@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from ..atomic import atomic_path
 from ..bundle import REPO_ROOT
@@ -78,8 +78,10 @@ def export_torchscript(
 ) -> Path:
     """Trace the network of ``bundle`` with the best checkpoint of ``work_dir/models`` (``model.pt``) into
     ``work_dir/models/model.ts``, e.g. to serve as a frozen teacher elsewhere."""
-    flow = workflow(bundle, ["train.json"], "training", work_dir, **overrides)
-    network = flow.parser.get_parsed_content("network_def").eval()
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(bundle) / "configs" / "train.json"))
+    parser.update(overrides)
+    network = parser.get_parsed_content("network_def").eval()
     state = torch.load(Path(work_dir) / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))
     traced = torch.jit.trace(network, torch.rand(*input_shape))
