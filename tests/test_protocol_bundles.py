@@ -93,6 +93,22 @@ def test_frozen_encoder_segmentation_keeps_the_encoder(prepared_data, tmp_path):
             assert torch.equal(value, weights[f"encoder.{key}"].cpu()), (decoder, key)
 
 
+@pytest.mark.parametrize("arch", ["frozen_swin_linear", "frozen_swin_unet"])
+def test_frozen_3d_swin_segmentation_keeps_the_encoder(arch, prepared_data, tmp_path):
+    config = {"in_channels": 1, "feature_size": 12, "spatial_dims": 3}
+    encoder = build_encoder("swin", **config)
+    save_encoder(encoder, tmp_path / "encoder.pt", encoder="swin", encoder_config=config)
+    weights = trained_weights(
+        "multiorgan_ct_segmentation",
+        tmp_path / arch,
+        arch=arch,
+        pretrained_encoder=str(tmp_path / "encoder.pt"),
+    )
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, weights[f"encoder.{key}"].cpu()), key
+    assert any(k.startswith("decoder.") for k in weights)
+
+
 def test_organ_patch_datalist(prepared_data):
     data = json.loads((REPO_ROOT / "data_lists" / "ct_organ_patches.json").read_text())
     assert data["finding_names"] == list(ORGAN_CLASSES)

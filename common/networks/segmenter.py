@@ -5,7 +5,8 @@ The SSL benchmark (papers/002, Sec. 3) pre-trains the Swin Transformer encoder o
 skip connections. :func:`build_segmenter` builds that network (or a residual U-Net or a SegResNet as CNN
 baselines) and loads an encoder file into the Swin encoder when one is given. With ``pretrained_network``
 it instead loads a whole supervised pre-trained segmenter except its output layer, the transfer of SuPreM
-(Li et al., ICLR 2024; see ``common.networks.transfer``).
+(Li et al., ICLR 2024; see ``common.networks.transfer``). The ``frozen_swin_*`` architectures keep the Swin
+encoder frozen under a linear or U-Net decoder: the frozen-encoder protocol of DINOv2-radiology in 3D.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import os
 from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from torch import nn
 
+from .encoder_decoder import build_encoder_segmenter
 from .pretrained import load_encoder
+from .swin import TOTAL_STRIDE
 from .transfer import load_network_except_output
 
-ARCHITECTURES = ("swinunetr", "unet", "segresnet")
+# Frozen-encoder segmentation (DINOv2-radiology protocol, papers/004): SwinUNETR's Swin encoder, frozen, with
+# a linear or a U-Net decoder on its last four feature maps (``common.networks.encoder_decoder``).
+FROZEN_SWIN_DECODERS = {"frozen_swin_linear": "linear", "frozen_swin_unet": "unet"}
+ARCHITECTURES = ("swinunetr", "unet", "segresnet", *FROZEN_SWIN_DECODERS)
 
 
 def build_segmenter(
@@ -38,11 +44,12 @@ def build_segmenter(
         arch: ``"swinunetr"`` (MONAI SwinUNETR), ``"unet"`` (MONAI residual U-Net, channels
             ``feature_size * (1, 2, 4, 8, 16)``) or ``"segresnet"`` (MONAI SegResNet with SuPreM's
             configuration: blocks_down (1, 2, 2, 4), blocks_up (1, 1, 1), no dropout; SuPreM uses
-            feature_size 16).
+            feature_size 16), or ``"frozen_swin_linear"`` / ``"frozen_swin_unet"`` (the Swin encoder
+            frozen, a linear or U-Net decoder trained on its features).
         feature_size: Swin embedding dimension (a multiple of 12), the U-Net's first-level channels or the
             SegResNet's ``init_filters``.
         pretrained_encoder: encoder file of a pre-training bundle (see ``common.networks.pretrained``);
-            Swin UNETR only.
+            the Swin architectures only.
         use_checkpoint: gradient checkpointing in the Swin blocks (saves GPU memory; keep it off to export).
         pretrained_network: checkpoint of a whole network of the same arch and size (any class count):
             every layer but the output layer is loaded from it, the output layer keeps its fresh
@@ -54,9 +61,21 @@ def build_segmenter(
         raise ValueError(
             "give pretrained_encoder (a Swin encoder) or pretrained_network (a whole network), not both"
         )
-    if pretrained_encoder and arch != "swinunetr":
-        raise ValueError("pretrained_encoder loads a Swin encoder: use arch='swinunetr' with it")
-    if arch == "unet":
+    if pretrained_encoder and arch in ("unet", "segresnet"):
+        raise ValueError("pretrained_encoder loads a Swin encoder: use a Swin arch with it")
+    if arch in FROZEN_SWIN_DECODERS:
+        config = {"in_channels": in_channels, "feature_size": feature_size, "spatial_dims": spatial_dims}
+        # the Swin encoder declares its feature channels: the size is only checked against spatial_dims
+        net = build_encoder_segmenter(
+            "swin",
+            config,
+            out_channels,
+            (TOTAL_STRIDE,) * spatial_dims,
+            pretrained_encoder,
+            decoder=FROZEN_SWIN_DECODERS[arch],
+            freeze_encoder=True,
+        )
+    elif arch == "unet":
         net = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
