@@ -62,7 +62,9 @@ def build_segmenter(
             "give pretrained_encoder (a Swin encoder) or pretrained_network (a whole network), not both"
         )
     if pretrained_encoder and arch in ("unet", "segresnet"):
-        raise ValueError("pretrained_encoder loads a Swin encoder: use a Swin arch with it")
+        raise ValueError(
+            "pretrained_encoder loads a Swin encoder: use arch='swinunetr' (or a frozen_swin_* arch) with it"
+        )
     if arch in FROZEN_SWIN_DECODERS:
         config = {"in_channels": in_channels, "feature_size": feature_size, "spatial_dims": spatial_dims}
         # the Swin encoder declares its feature channels: the size is only checked against spatial_dims
