@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import LoadImaged
 
+from common.data.fetch import fetch
+from common.data.sources import SOURCES
 from common.transforms import AdaptChannelsd, adapt_channels, segmentation_transforms
 
 
@@ -19,11 +22,38 @@ def test_adapt_channels_cases():
         adapt_channels(torch.zeros(2, 4, 4), 3)
 
 
-def test_monochrome1_is_inverted_from_meta():
-    image = MetaTensor(torch.tensor([[[0.0, 10.0]]]), meta={"0028|0004": "MONOCHROME1"})
+@pytest.mark.parametrize(
+    "meta, inverted",
+    [
+        ({"0028|0004": "MONOCHROME1 "}, False),  # ITK: pixels already inverted, tag kept
+        ({"00280004": {"vr": "CS", "Value": ["MONOCHROME1"]}}, True),  # pydicom: pixels as stored
+        ({"PhotometricInterpretation": "MONOCHROME1"}, True),
+        ({"00280004": {"vr": "CS", "Value": ["MONOCHROME2"]}}, False),
+        ({}, False),
+    ],
+)
+def test_monochrome1_is_inverted_once_by_reader(meta, inverted):
+    image = MetaTensor(torch.tensor([[[0.0, 10.0]]]), meta=meta)
     out = AdaptChannelsd("image", out_channels=3)({"image": image})["image"]
     assert out.shape == (3, 1, 2) and isinstance(out, MetaTensor)
-    np.testing.assert_allclose(out[0, 0], [10.0, 0.0])
+    np.testing.assert_allclose(out[0, 0], [10.0, 0.0] if inverted else [0.0, 10.0])
+
+
+@pytest.mark.parametrize("reader, kwargs", [("ITKReader", {}), ("PydicomReader", {}),
+                                            ("PydicomReader", {"prune_metadata": False})])  # fmt: skip
+def test_real_monochrome1_radiograph_reads_the_same_through_every_reader(reader, kwargs, prepared_data):
+    """pydicom-data's tibia radiograph is MONOCHROME1 (bright air as stored): whichever reader MONAI uses,
+    the adapted image is the stored pixels inverted exactly once (bone bright, MONOCHROME2)."""
+    pydicom = pytest.importorskip("pydicom")
+    dcm = fetch(SOURCES["pydicom_data"]) / "data_store" / "data" / "RG3_UNCR.dcm"
+    stored = pydicom.dcmread(dcm).pixel_array.astype(np.float32)
+    assert pydicom.dcmread(dcm).PhotometricInterpretation == "MONOCHROME1"
+    image = LoadImaged("image", reader=reader, image_only=True, ensure_channel_first=True, **kwargs)(
+        {"image": str(dcm)}
+    )["image"]
+    out = AdaptChannelsd("image", out_channels=1)({"image": image})["image"]
+    pixels = np.asarray(out).reshape(out.shape[1], out.shape[2]).T  # both readers give (columns, rows)
+    np.testing.assert_array_equal(pixels, stored.max() + stored.min() - stored)
 
 
 def test_unadaptable_image_names_its_file_and_key():
