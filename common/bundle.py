@@ -1,31 +1,46 @@
-"""Helpers that bundle configs call to locate themselves and the repository's shared files, and to check
-the overrides of a ``monai.bundle run`` command line."""
+"""Helpers that bundle configs call to locate themselves (wherever a bundle lives: this repository, a copy,
+an unpacked package) and the repository's shared files, and to check the overrides of a ``monai.bundle
+run`` command line; :func:`fetch_large_files` brings a packaged bundle's weights into its folder."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import fire
+from monai.apps.utils import download_url
 from monai.bundle import ConfigParser, ConfigWorkflow, ReferenceResolver, update_kwargs
 from monai.bundle import scripts as bundle_scripts
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+from monai.utils import ensure_tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MONAI_BUNDLE_MAIN = ("monai", "bundle", "__main__.py")
+# The model zoo's list of the files a bundle fetches by URL (path, url, hash_val, hash_type).
+LARGE_FILES = "large_files.yml"
 
 
-def bundle_root(name: str) -> str:
-    """The directory of bundle ``name``.
+def bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
+    """The directory of bundle ``name``: where its configs are read from and where it writes (``models/``,
+    ``eval/``).
 
-    Configs use it for ``bundle_root`` so that ``python -m monai.bundle run training --config_file
-    bundles/<name>/configs/train.json`` works from the repository root, from inside the bundle directory,
-    and from anywhere else; tools that copy a bundle (MONAI Label) override ``bundle_root`` themselves.
+    In a ``python -m monai.bundle run`` process (``argv``, by default ``sys.argv``) whose first
+    ``--config_file`` lies in ``<folder>/configs/`` beside a ``metadata.json``, and whose configs declare
+    ``bundle_name`` ``name``, it is ``<folder>``: the bundle lives where it is, so a copy (MONAI Label's, an
+    unpacked ``monai.bundle download``, a user's, renamed or not) writes into itself, whatever the working
+    directory. This is the folder MONAI itself reads ``metadata.json`` and ``logging.conf`` from. Otherwise
+    (a config naming another bundle, ``ConfigWorkflow`` in Python) it is the working directory when that
+    is the bundle, then ``<cwd>/bundles/<name>``, then this repository's ``bundles/<name>``. Python callers
+    that run a copy pass ``bundle_root`` themselves, as MONAI Label does.
     """
+    running = _running_bundle(name, argv)
+    if running is not None:
+        return str(running)
     cwd = Path.cwd()
     if cwd.name == name and (cwd / "configs" / "metadata.json").is_file():
         return str(cwd)
@@ -34,6 +49,42 @@ def bundle_root(name: str) -> str:
         if (candidate / "configs" / "metadata.json").is_file():
             return str(candidate.resolve())
     raise FileNotFoundError(f"bundle {name!r} not found in {cwd} nor in {REPO_ROOT / 'bundles'}")
+
+
+def _running_bundle(name: str, argv: Sequence[str] | None) -> Path | None:
+    """The folder of the bundle that the ``python -m monai.bundle run`` command line ``argv`` runs, if it
+    is bundle ``name`` (see :func:`bundle_root`); ``None`` for any other process or bundle."""
+    given = monai_run_arguments(argv)
+    if not given or not given.get("config_file"):
+        return None
+    configs = Path(ensure_tuple(given["config_file"])[0]).resolve().parent
+    if configs.name != "configs" or not (configs / "metadata.json").is_file():
+        return None
+    config = ConfigParser.load_config_files(given["config_file"])
+    declared = given.get("bundle_name", config.get("bundle_name"))
+    return configs.parent if declared == name else None
+
+
+def fetch_large_files(bundle: str | os.PathLike) -> list[Path]:
+    """Download the files that ``<bundle>/large_files.yml`` lists into the bundle, as the model zoo's CI
+    does (``ci/utils.py`` ``download_large_files``: MONAI's ``download_url``, hash-checked, a file already
+    there with the right hash is kept); returns their paths. An entry's ``path`` must stay inside the
+    bundle."""
+    root = Path(bundle).resolve()
+    listing = root / LARGE_FILES
+    fetched = []
+    for i, entry in enumerate(ConfigParser.load_config_file(listing).get("large_files") or []):
+        missing = [key for key in ("path", "url") if not entry.get(key)]
+        if missing:
+            raise KeyError(f"{listing}: large_files#{i} has no {' or '.join(missing)!r}")
+        target = (root / entry["path"]).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"{listing}: large_files#{i}#path {entry['path']!r} leaves the bundle folder")
+        download_url(
+            entry["url"], target, entry.get("hash_val"), entry.get("hash_type", "md5"), progress=False
+        )
+        fetched.append(target)
+    return fetched
 
 
 def class_names(datalist_file: str, key: str = "labels") -> list[str]:
@@ -65,6 +116,20 @@ def _undefined(config: dict, key: str) -> str | None:
     return None
 
 
+def monai_run_arguments(argv: Sequence[str] | None = None) -> dict | None:
+    """The arguments of a ``python -m monai.bundle run`` command line (``argv``, by default ``sys.argv``)
+    read as MONAI's CLI reads them: with ``fire``, ``monai.bundle.scripts.run``'s signature and the
+    defaults of ``--args_file``; overrides (``--key value``) are entries of the same dict. ``None`` when
+    ``argv`` is not such a command line (``ConfigWorkflow`` in Python, MONAI Label, the tests)."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != MONAI_BUNDLE_MAIN or argv[1] != "run":
+        return None
+    args, kwargs = fire.Fire(lambda *a, **k: (a, k), command=argv[2:], serialize=lambda _: None)
+    bound = inspect.signature(bundle_scripts.run).bind(*args, **kwargs).arguments
+    override = bound.pop("override", {})
+    return update_kwargs(args=bound.get("args_file"), **bound, **override)
+
+
 def check_overrides(argv: Sequence[str] | None = None) -> None:
     """Raise ValueError naming every ``--key`` of a ``python -m monai.bundle run`` command line that its
     config files do not define.
@@ -78,13 +143,9 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     setting that ``--tracking`` adds. Outside a ``monai.bundle run`` process (``ConfigWorkflow`` in
     Python, MONAI Label, the tests) it does nothing: overrides given in Python are the caller's to check.
     """
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or Path(argv[0]).parts[-3:] != MONAI_BUNDLE_MAIN or argv[1] != "run":
+    given = monai_run_arguments(argv)
+    if given is None:
         return
-    args, kwargs = fire.Fire(lambda *a, **k: (a, k), command=argv[2:], serialize=lambda _: None)
-    bound = inspect.signature(bundle_scripts.run).bind(*args, **kwargs).arguments
-    override = bound.pop("override", {})
-    given = update_kwargs(args=bound.get("args_file"), **bound, **override)
     run_arguments = {
         name
         for function in (bundle_scripts.run, bundle_scripts.create_workflow, ConfigWorkflow.__init__)
