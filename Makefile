@@ -4,16 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data monailabel-env demo benchmark bench test lint format clean
+.PHONY: setup data monailabel-env chromium demo benchmark bench test lint format clean
 
 setup: $(STAMP)
 
-# torch 2.13.0 (CPU) goes in first: the project's `torch>=2.8` is then already satisfied.
+# torch 2.13.0 (CPU) goes in first: the project's `torch>=2.8` is then already satisfied. The `ui` extra is
+# the MLflow UI / tracking server (`mlflow ui`, see README "Looking at runs").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ui]'
 	touch $@
 
 data: setup
@@ -34,7 +35,16 @@ benchmark: data
 bench: data
 	$(PY) tools/bench.py
 
-test: data monailabel-env
+# Headless Chromium (Debian package) for the MLflow UI screenshot test: installed when missing and root with
+# apt-get (about 25 s once); otherwise that test skips and says why.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	else echo "chromium: absent, and installing it needs root and apt-get; the MLflow UI screenshot test will skip"; fi
+
+test: data monailabel-env chromium
 	$(PY) -m pytest -q --durations=20
 
 lint: setup
