@@ -8,8 +8,9 @@ from .builders import (
     load_transforms,
     segmentation_transforms,
 )
-from .channels import AdaptChannelsd, adapt_channels, photometric_interpretation
+from .channels import AdaptChannelsd, adapt_channels, photometric_interpretation, stored_as_monochrome1
 from .cutout import cutout, random_cutout_mask
+from .dims import EnsureSpatialDimsd, SpatialDimsError
 from .embeddings import SaveEmbeddingd
 from .genesis import ModelsGenesisd, genesis_transforms
 from .masking import random_block_mask, upsample_mask
@@ -23,11 +24,13 @@ __all__ = [
     "AdaptChannelsd",
     "AnnotatedClassesd",
     "BoxPatchd",
+    "EnsureSpatialDimsd",
     "MergeUnannotatedd",
     "ModelsGenesisd",
     "MultiCropd",
     "NormalizeByModalityd",
     "SaveEmbeddingd",
+    "SpatialDimsError",
     "adapt_channels",
     "all_rotations",
     "classification_transforms",
@@ -40,6 +43,7 @@ __all__ = [
     "load_transforms",
     "partial_label_transforms",
     "photometric_interpretation",
+    "stored_as_monochrome1",
     "pool_transforms",
     "random_block_mask",
     "random_cutout_mask",

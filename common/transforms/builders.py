@@ -14,6 +14,7 @@ import torch
 from monai import transforms as mt
 
 from .channels import AdaptChannelsd
+from .dims import EnsureSpatialDimsd
 
 INTENSITY_MODES = ("ct", "mr", "minmax")
 STAGES = ("train", "val", "infer")
@@ -105,8 +106,8 @@ def segmentation_transforms(
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     keys = [image_key] if stage == "infer" else [image_key, label_key]
     out = load_transforms(keys, spatial_dims, in_channels, pixdim, intensity, ct_window, image_key)
-    if stage == "infer":
-        return mt.Compose(out)
+    if stage == "infer":  # a served bundle gets any image: name a wrong dimensionality before it fails
+        return mt.Compose([out[0], EnsureSpatialDimsd(image_key, spatial_dims), *out[1:]])
     roi = _as_tuple(roi_size, spatial_dims)
     out += [
         mt.CropForegroundd(keys, source_key=image_key, allow_smaller=True),
