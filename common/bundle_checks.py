@@ -1,5 +1,12 @@
 """The checks MONAI's model-zoo CI runs on a bundle, run here on every bundle of the collection.
 
+They mirror the model zoo's verifier (``ci/verify_bundle.py`` of Project-MONAI/model-zoo, mode ``full``) with
+MONAI's own defaults: required and preferred files (``models/model.pt`` made as the verifier makes it when a
+bundle ships none: the ``state_dict()`` of ``network_def`` from ``configs/inference.json``), version and
+changelog, the metadata schema, ``verify_net_in_out`` (``n=1, p=1, any=1``, the inference config as
+shipped) and ``ckpt_export`` (:mod:`common.bundle_export`). On top of those, the collection's own checks: a
+smoke training run, inference and ``torchrun``.
+
 Each ``check_*`` function takes a bundle directory, raises :class:`BundleCheckError` naming the file (and
 the key) at fault, and writes only under the ``work_dir`` it is given. The small-data runs merge the
 bundle's ``configs/smoke.json`` (one tiny epoch on real data) over its configs.
@@ -9,18 +16,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.apps.utils import download_url
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle.scripts import _get_fake_spatial_shape
 from monai.utils import BundlePropertyConfig
 
 from common.bundle import REPO_ROOT
 from common.data.cache import cache_root
 from common.engines import compare_weights_digests
 
+# The model zoo's necessary and preferred files (``models/model.pt`` is made by :func:`make_zoo_weights`).
+ZOO_NECESSARY_FILES = ("configs/metadata.json", "LICENSE")
+ZOO_PREFERRED_FILES = ("models/model.pt", "configs/inference.json")
+# The collection's own required files, on top of the model zoo's.
 REQUIRED_FILES = (
     "configs/metadata.json",
     "configs/train.json",
@@ -30,11 +44,10 @@ REQUIRED_FILES = (
     "docs/README.md",
     "LICENSE",
 )
-# MONAI's metadata schema, as shipped beside the repository (tests and CI use it: no download offline).
-SHARED_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-# verify_net_in_out and the export trace use the metadata's spatial shape with n=2 ("32*n" -> 64).
-SHAPE_FACTOR = 2
-EXPORT_ATOL = 1e-4
+# Where MONAI's metadata schema is looked for, after ``--schema`` and $MEDFM_BUNDLE_SCHEMA: the folder beside
+# a clone of the steering repository (absent in a user's clone), then the download cache.
+SCHEMA_ENV = "MEDFM_BUNDLE_SCHEMA"
+SHARED_SCHEMA_DIR = REPO_ROOT.parent / "shared" / "schemas"
 
 
 class BundleCheckError(AssertionError):
@@ -68,20 +81,86 @@ def check_required_files(bundle: Path) -> None:
         raise BundleCheckError(f"{bundle}: missing required files {missing}")
 
 
-def check_metadata(bundle: Path, schema: Path | None = None) -> None:
-    """``monai.bundle.verify_metadata`` against ``schema``; without one, the schema named in the metadata
-    is downloaded (as MONAI does) into the data cache."""
+def check_zoo_files(bundle: Path) -> None:
+    """The model zoo's directory check: its necessary files, then its preferred ones (``models/model.pt``
+    included: call :func:`make_zoo_weights` first on a copy of a bundle that ships no weights)."""
+    for name in (*ZOO_NECESSARY_FILES, *ZOO_PREFERRED_FILES):
+        if not (Path(bundle) / name).is_file():
+            raise BundleCheckError(f"{bundle}: the model zoo needs {name}, which is missing")
+
+
+def check_version(bundle: Path) -> None:
+    """The model zoo's version check: ``version`` and ``changelog`` present, the version in the changelog."""
     meta_file = config_path(bundle, "metadata.json")
-    if schema is None:
-        schema = cache_root() / "schemas" / "meta_schema.json"
-    elif not Path(schema).is_file():
-        raise BundleCheckError(f"metadata schema {schema} not found (pass --schema)")
+    meta = ConfigParser.load_config_file(meta_file)
+    for key in ("version", "changelog"):
+        if key not in meta:
+            raise BundleCheckError(f"{meta_file}: {key!r} is missing")
+    if meta["version"] not in meta["changelog"]:
+        raise BundleCheckError(f"{meta_file}: version {meta['version']} is missing from 'changelog'")
+
+
+def resolve_schema(meta_file: str | Path, schema: str | Path | None = None) -> Path:
+    """The metadata schema file for ``meta_file``: ``schema`` when given, else ``$MEDFM_BUNDLE_SCHEMA``, else
+    the schema file named by the metadata's ``schema`` URL in ``../shared/schemas/`` (beside the repository)
+    or in the data cache, else that URL downloaded into the cache (as ``verify_metadata`` downloads it).
+
+    Raises :class:`BundleCheckError` naming the file when a given schema is missing, and saying what to do
+    when none is found and the download fails (offline)."""
+    given = schema or os.environ.get(SCHEMA_ENV)
+    if given:
+        if not Path(given).is_file():
+            source = "--schema" if schema else f"${SCHEMA_ENV}"
+            raise BundleCheckError(f"metadata schema {given} ({source}) not found")
+        return Path(given)
+    url = ConfigParser.load_config_file(str(meta_file)).get("schema")
+    if not url:
+        raise BundleCheckError(f"{meta_file}: no 'schema' URL")
+    cached = cache_root() / "schemas" / Path(url).name
+    for candidate in (SHARED_SCHEMA_DIR / Path(url).name, cached):
+        if candidate.is_file():
+            return candidate
+    cached.parent.mkdir(parents=True, exist_ok=True)
     try:
-        verify_metadata(meta_file=meta_file, filepath=str(schema), create_dir=True)
+        download_url(url=url, filepath=str(cached), progress=False)
+    except Exception as e:  # offline: urllib's URLError, or MONAI's RuntimeError around it
+        raise BundleCheckError(
+            f"{meta_file}: the metadata schema {url} could not be downloaded ({type(e).__name__}: {e}). "
+            f"Offline, pass --schema PATH (or set ${SCHEMA_ENV}), or put the file at {cached}"
+        ) from e
+    return cached
+
+
+def check_metadata(bundle: Path, schema: Path | None = None) -> None:
+    """``monai.bundle.verify_metadata`` against the schema that :func:`resolve_schema` finds."""
+    meta_file = config_path(bundle, "metadata.json")
+    schema_file = resolve_schema(meta_file, schema)
+    try:
+        verify_metadata(meta_file=meta_file, filepath=str(schema_file), create_dir=False)
     except ValueError as e:
         raise BundleCheckError(f"{meta_file}: {e}") from e
-    except (OSError, RuntimeError) as e:  # the download, offline
-        raise BundleCheckError(f"{meta_file}: could not fetch its schema ({e}); pass --schema PATH") from e
+
+
+def make_zoo_weights(bundle: Path) -> Path:
+    """``models/model.pt`` as the model zoo's verifier makes it for a bundle that ships no weights: the
+    ``state_dict()`` of ``network_def`` parsed from ``configs/inference.json`` with the metadata."""
+    parser = ConfigParser()
+    parser.read_config(config_path(bundle, "inference.json"))
+    parser.read_meta(config_path(bundle, "metadata.json"))
+    parser["bundle_root"] = str(bundle)
+    weights = Path(bundle) / "models" / "model.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    return weights
+
+
+def zoo_copy(bundle: Path, work_dir: Path) -> Path:
+    """A copy of ``bundle`` in ``work_dir`` (without its outputs) holding the verifier's ``models/model.pt``:
+    the model zoo verifies a bundle folder in place, and the checks here write into the copy only."""
+    copy = Path(work_dir) / Path(bundle).name
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "mlruns*", "__pycache__"))
+    make_zoo_weights(copy)
+    return copy
 
 
 def _workflow(bundle: Path, workflow_type: str, config_files: list[str], **overrides) -> ConfigWorkflow:
@@ -172,72 +251,34 @@ def model_weights(ckpt: Path) -> tuple[dict, str]:
 
 
 def example_input_shape(bundle: Path) -> list[int]:
-    """[1, C, *spatial] from the metadata's ``network_data_format`` (``"32*n"`` read with n=2)."""
-    meta = ConfigParser.load_config_file(config_path(bundle, "metadata.json"))
-    image = meta["network_data_format"]["inputs"]["image"]
-    spatial = []
-    for size in image["spatial_shape"]:
-        if isinstance(size, int):
-            spatial.append(size)
-        elif isinstance(size, str) and size.endswith("*n") and size[:-2].isdigit():
-            spatial.append(int(size[:-2]) * SHAPE_FACTOR)
-        else:
-            raise BundleCheckError(
-                f"{config_path(bundle, 'metadata.json')}: network_data_format#inputs#image#spatial_shape "
-                f"entry {size!r} is neither an int nor 'k*n'"
-            )
+    """[1, C, *spatial] from the metadata's ``network_data_format``, read as MONAI reads it for
+    ``verify_net_in_out`` and ``ckpt_export`` (``"32*n"`` with ``n=1``, ``"*"`` as 1)."""
+    meta_file = config_path(bundle, "metadata.json")
+    image = ConfigParser.load_config_file(meta_file)["network_data_format"]["inputs"]["image"]
+    try:
+        spatial = _get_fake_spatial_shape(image["spatial_shape"])
+    except (ValueError, SyntaxError, NameError) as e:
+        raise BundleCheckError(
+            f"{meta_file}: network_data_format#inputs#image#spatial_shape {image['spatial_shape']!r} is not "
+            f"a shape MONAI can read ({e})"
+        ) from e
     return [1, int(image["num_channels"]), *spatial]
 
 
 def check_net_in_out(bundle: Path, **overrides) -> None:
-    """``monai.bundle.verify_net_in_out`` on the inference network at the smoke size (and ``overrides``)."""
+    """``monai.bundle.verify_net_in_out`` as the model zoo runs it: the inference network as shipped (plus
+    ``overrides``), MONAI's defaults ``n=1, p=1, any=1`` and device, ``bundle_root`` the bundle folder."""
     config = config_path(bundle, "inference.json")
     try:
         verify_net_in_out(
             net_id="network_def",
             meta_file=config_path(bundle, "metadata.json"),
             config_file=config,
-            device="cpu",
-            n=SHAPE_FACTOR,
-            **_infer_overrides(bundle, None, **overrides),
+            bundle_root=str(bundle),
+            **overrides,
         )
     except (ValueError, KeyError, RuntimeError) as e:
         raise BundleCheckError(f"{config}: verify_net_in_out failed: {e}") from e
-
-
-def check_torchscript_export(bundle: Path, ckpt: Path, work_dir: Path, **overrides) -> Path:
-    """``monai.bundle.ckpt_export`` (trace) of ``ckpt``; the TorchScript output must equal eager."""
-    config = config_path(bundle, "inference.json")
-    overrides = _infer_overrides(bundle, None, **overrides)
-    exported = Path(work_dir) / "model.ts"
-    shape = example_input_shape(bundle)
-    weights, key_in_ckpt = model_weights(ckpt)
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(exported),
-        ckpt_file=str(ckpt),
-        meta_file=config_path(bundle, "metadata.json"),
-        config_file=config,
-        key_in_ckpt=key_in_ckpt,
-        use_trace=True,
-        input_shape=shape,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    parser = ConfigParser()
-    parser.read_config(config)
-    parser.read_meta(config_path(bundle, "metadata.json"))
-    parser.update(overrides)
-    eager = parser.get_parsed_content("network_def")
-    eager.load_state_dict(weights)
-    scripted = torch.jit.load(str(exported), map_location="cpu")
-    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = eager.eval()(x), scripted.eval()(x)
-    error = (expected - got).abs().max().item()
-    if error > EXPORT_ATOL:
-        raise BundleCheckError(f"{exported}: TorchScript output differs from eager by {error:.2e}")
-    return exported
 
 
 def check_distributed(

@@ -10,6 +10,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, run
 
 from common import bundle_checks as bc
+from common import bundle_export as be
 from common.bundle import REPO_ROOT
 from common.networks import build_segmenter, output_layer_prefixes
 
@@ -31,7 +32,8 @@ def test_bundle_checks_pass_with_each_backbone(backbone, prepared_data, tmp_path
     fresh = build_segmenter(backbone, out_channels=3, feature_size=overrides["feature_size"])
     assert any(k.startswith(output_layer_prefixes(fresh)) for k in weights)
     assert bc.infer_smoke(SUPREM, ckpt, tmp_path, **overrides)
-    bc.check_torchscript_export(SUPREM, ckpt, tmp_path, **overrides)
+    exported = be.check_torchscript_export(SUPREM, ckpt, tmp_path, **overrides)
+    assert exported.method == ("trace" if backbone == "swinunetr" else "script")
 
 
 def test_training_feeds_each_batch_annotated_classes_to_the_loss(prepared_data, tmp_path):

@@ -2,10 +2,14 @@
 
     python tools/check_bundles.py                                  # all bundles, all checks
     python tools/check_bundles.py --bundles multiorgan_ct_segmentation --skip distributed
-    python tools/check_bundles.py --schema ../shared/schemas/meta_schema_20240725.json   # offline
+    python tools/check_bundles.py --schema PATH/meta_schema_20240725.json   # offline
 
-Without ``--schema`` the metadata schema is downloaded from the URL in each metadata.json, as MONAI does.
-Exits 1 when any check fails. Work files go to a temporary directory (``--work_dir`` to keep them).
+The checks up to ``onnx`` are the model zoo's verifier in ``full`` mode with MONAI's defaults, run on a copy
+of each bundle holding the ``models/model.pt`` that verifier makes (``common.bundle_checks.zoo_copy``); then
+the collection's own: a smoke training run, inference from its checkpoint, and ``torchrun``. The metadata
+schema is ``--schema``, else ``$MEDFM_BUNDLE_SCHEMA``, else ``../shared/schemas`` or the cache, else the URL
+in each metadata.json downloaded as MONAI does. Exits 1 when any check fails. Work files go to a temporary
+directory (``--work_dir`` to keep them).
 """
 
 from __future__ import annotations
@@ -19,31 +23,48 @@ from pathlib import Path
 import fire
 
 from common import bundle_checks as bc
+from common import bundle_export as be
 from common.data.prepare import prepare_all
 
-CHECKS = ("files", "metadata", "net_in_out", "train", "export", "infer", "distributed")
+CHECKS = (
+    "files", "zoo_files", "version", "metadata", "net_in_out", "torchscript", "onnx",
+    "train", "infer", "distributed",
+)  # fmt: skip
+# Checks that need what an earlier one made: the model zoo's copy with its weights (made by ``zoo_files``),
+# or a trained checkpoint (made by ``train``).
+NEEDS = {"net_in_out": "zoo", "torchscript": "zoo", "onnx": "zoo", "infer": "ckpt"}
 
 
 def run_checks(bundle: Path, work_dir: Path, schema: Path | None, skip: tuple[str, ...] = ()) -> list[tuple]:
-    """(check, status, seconds, message) for each check; later checks needing a checkpoint are skipped
-    when training failed."""
+    """(check, status, seconds, message) for each check; a check needing the model zoo's copy or a trained
+    checkpoint is skipped when what makes it failed or was skipped."""
     state: dict = {}
+
+    def zoo_files():
+        state["zoo"] = bc.zoo_copy(bundle, work_dir / "zoo")
+        bc.check_zoo_files(state["zoo"])
+
     steps = {
         "files": lambda: bc.check_required_files(bundle),
+        "zoo_files": zoo_files,
+        "version": lambda: bc.check_version(bundle),
         "metadata": lambda: bc.check_metadata(bundle, schema),
-        "net_in_out": lambda: bc.check_net_in_out(bundle),
+        "net_in_out": lambda: bc.check_net_in_out(state["zoo"]),
+        "torchscript": lambda: be.check_torchscript_export(state["zoo"], state["zoo"] / "models" / "model.pt",
+                                                           work_dir / "export"),
+        "onnx": lambda: be.check_onnx_export(state["zoo"], state["zoo"] / "models" / "model.pt",
+                                             work_dir / "export"),
         "train": lambda: state.update(ckpt=bc.train_smoke(bundle, work_dir)),
-        "export": lambda: bc.check_torchscript_export(bundle, state["ckpt"], work_dir),
         "infer": lambda: bc.infer_smoke(bundle, state["ckpt"], work_dir),
         "distributed": lambda: bc.check_distributed(bundle, work_dir),
-    }
+    }  # fmt: skip
     rows = []
     for name in CHECKS:
         if name in skip:
             rows.append((name, "SKIP", 0.0, "skipped on request"))
             continue
-        if name in ("export", "infer") and "ckpt" not in state:
-            rows.append((name, "SKIP", 0.0, "no checkpoint: training failed or was skipped"))
+        if name in NEEDS and NEEDS[name] not in state:
+            rows.append((name, "SKIP", 0.0, f"needs {NEEDS[name]}, which failed or was skipped"))
             continue
         start = time.time()
         try:

@@ -16,7 +16,7 @@ import os
 import torch
 from torch import nn
 
-from .encoder_decoder import map_slices
+from .encoder_decoder import map_slices, to_slices
 from .encoders import build_encoder
 from .peft import apply_peft
 
@@ -34,6 +34,12 @@ def embed(encoder: nn.Module, x: torch.Tensor, view: str = "pooled") -> torch.Te
     cls, patches = encoder.tokens(x)
     if cls is None:
         raise ValueError(f"{type(encoder).__name__} has no [CLS] token: use view='pooled'")
+    return token_embedding(cls, patches, view)
+
+
+def token_embedding(cls: torch.Tensor, patches: torch.Tensor, view: str) -> torch.Tensor:
+    """The ``"cls"`` view (``cls``) or the ``"cls+mean_patch"`` view ([CLS] concatenated with the mean of
+    ``patches (B, N, D)``); TorchScript-compatible (used by the scripted classifier too)."""
     return cls if view == "cls" else torch.cat([cls, patches.mean(1)], dim=-1)
 
 
@@ -57,7 +63,9 @@ class SliceAveragedEncoder(nn.Module):
         self.spatial_dims, self.out_dim = 3, encoder.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slice_average_embedding(self.encoder, x, axis=-1, batch=self.slice_batch)
+        # slice_average_embedding, spelled out for TorchScript (no module argument)
+        embeddings = torch.cat([self.encoder(chunk) for chunk in to_slices(x, -1).split(self.slice_batch)])
+        return embeddings.unflatten(0, [x.shape[0], -1]).mean(1)
 
 
 class EncoderClassifier(nn.Module):
@@ -80,7 +88,15 @@ class EncoderClassifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(embed(self.encoder, x, self.features))
+        # :func:`embed` with the view checked at construction, written so that TorchScript can script it
+        # (``ckpt_export`` scripts): no module argument, no f-string.
+        if self.features == "pooled":
+            return self.head(self.encoder(x))
+        if hasattr(self.encoder, "tokens"):  # a slice-averaged encoder has no token view
+            cls, patches = self.encoder.tokens(x)
+            if cls is not None:
+                return self.head(token_embedding(cls, patches, self.features))
+        raise ValueError("the encoder has no [CLS] token: use features='pooled'")
 
 
 def input_encoder(

@@ -15,7 +15,8 @@ The paper segments organs with the encoder frozen and one of two decoders on its
 Both take the encoder's list of feature maps ``(B, C_i, *grid_i)`` (``encoder.features(x)``, see
 ``common.networks.encoders``) and the input's spatial size, use the last four maps and work in 2D and 3D.
 The four maps may share one grid (a ViT: stride 14 or 16 for every block) or form a pyramid (Swin,
-ConvNeXt: strides 4, 8, 16, 32).
+ConvNeXt: strides 4, 8, 16, 32). Their ``forward`` (and the functions it calls) is TorchScript code:
+``torch.jit.script`` compiles it, as ``monai.bundle ckpt_export`` does.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ NUM_SCALES = 4
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
-def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     """``x (B, C, *grid)`` resampled (bilinear in 2D, trilinear in 3D) to the spatial ``size``; unchanged
     when it already has that size."""
-    if tuple(x.shape[2:]) == tuple(size):
+    size = list(size)
+    if list(x.shape[2:]) == size:
         return x
-    return F.interpolate(x, size=tuple(size), mode=INTERPOLATION[x.ndim - 2], align_corners=False)
+    mode = "bilinear" if x.ndim == 4 else "trilinear"  # INTERPOLATION, spelled out for TorchScript
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
 def _check_dims(spatial_dims: int) -> None:
@@ -54,19 +57,20 @@ def _last_four(feature_channels: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(c) for c in feature_channels[-NUM_SCALES:])
 
 
-def _check_features(features: Sequence[torch.Tensor], channels: Sequence[int], spatial_dims: int) -> None:
+def _check_features(features: list[torch.Tensor], channels: list[int], spatial_dims: int) -> None:
     """The maps a decoder receives must match the channels and dimensionality it was built for."""
-    got = tuple(f.shape[1] for f in features[-len(channels) :])
-    if len(features) < len(channels) or got != tuple(channels):
+    got = [f.shape[1] for f in features]
+    if len(features) < len(channels) or got[-len(channels) :] != channels:
         raise ValueError(
-            f"decoder built for feature maps with channels {tuple(channels)} (last {len(channels)}) got "
-            f"{len(features)} maps with channels {tuple(f.shape[1] for f in features)}"
+            f"decoder built for feature maps with channels {channels} (last {len(channels)}) got "
+            f"{len(features)} maps with channels {got}"
         )
-    if any(f.ndim != spatial_dims + 2 for f in features[-len(channels) :]):
-        raise ValueError(
-            f"decoder built for spatial_dims={spatial_dims} got maps of shapes "
-            f"{[tuple(f.shape) for f in features]}"
-        )
+    for f in features[-len(channels) :]:
+        if f.ndim != spatial_dims + 2:
+            raise ValueError(
+                f"decoder built for spatial_dims={spatial_dims} got maps of shapes "
+                f"{[f.shape for f in features]}"
+            )
 
 
 class LinearDecoder(nn.Module):
@@ -92,16 +96,19 @@ class LinearDecoder(nn.Module):
         _check_dims(spatial_dims)
         last_four = _last_four(feature_channels)
         self.spatial_dims = spatial_dims
-        self.in_channels = last_four if use_all_scales else last_four[-1:]
+        self.in_channels = list(last_four if use_all_scales else last_four[-1:])
         width = sum(self.in_channels)
         self.norm = Norm[Norm.BATCH, spatial_dims](width)
         self.classifier = Conv[Conv.CONV, spatial_dims](width, num_classes, kernel_size=1)
 
-    def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], output_size: list[int]) -> torch.Tensor:
         _check_features(features, self.in_channels, self.spatial_dims)
         maps = features[-len(self.in_channels) :]
-        finest = max((m.shape[2:] for m in maps), key=lambda grid: grid.numel())
-        z = torch.cat([resize(m, finest) for m in maps], dim=1)
+        finest = maps[0]  # the first of the maps with the most grid points
+        for m in maps[1:]:
+            if m[0, 0].numel() > finest[0, 0].numel():
+                finest = m
+        z = torch.cat([resize(m, finest.shape[2:]) for m in maps], dim=1)
         return resize(self.classifier(self.norm(z)), output_size)
 
 
@@ -142,7 +149,7 @@ class UNetDecoder(nn.Module):
         if len(channels) != NUM_SCALES:
             raise ValueError(f"channels must give {NUM_SCALES} block widths, got {tuple(channels)}")
         self.spatial_dims = spatial_dims
-        self.in_channels = _last_four(feature_channels)
+        self.in_channels = list(_last_four(feature_channels))
         skips = self.in_channels[::-1]  # deepest first
         block_inputs = [skips[0]] + [c + s for c, s in zip(channels[:-1], skips[1:], strict=True)]
         self.blocks = nn.ModuleList(
@@ -150,12 +157,12 @@ class UNetDecoder(nn.Module):
         )
         self.classifier = Conv[Conv.CONV, spatial_dims](channels[-1], num_classes, kernel_size=1)
 
-    def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], output_size: list[int]) -> torch.Tensor:
         _check_features(features, self.in_channels, self.spatial_dims)
-        deepest, *skips = features[-NUM_SCALES:][::-1]
-        x = self.blocks[0](deepest)
-        for block, skip in zip(self.blocks[1:], skips, strict=True):
-            x = block(torch.cat([resize(x, skip.shape[2:]), skip], dim=1))
+        skips = features[-len(self.in_channels) :][::-1]  # deepest first; block i > 0 reads skips[i]
+        x = features[-1]
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 else torch.cat([resize(x, skips[i].shape[2:]), skips[i]], dim=1))
         return resize(self.classifier(x), output_size)
 
 

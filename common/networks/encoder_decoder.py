@@ -9,7 +9,6 @@ over the slices of a volume; :func:`build_frozen_segmenter` assembles either for
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 
@@ -71,24 +70,32 @@ class EncoderDecoder(nn.Module):
         return trainable_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad() if self.freeze_encoder else contextlib.nullcontext():
+        if self.freeze_encoder:  # two branches, not a conditional context manager: TorchScript scripts it
+            with torch.no_grad():
+                features = self.encoder.features(x)
+        else:
             features = self.encoder.features(x)
         return self.decoder(features, x.shape[2:])
+
+
+def to_slices(volume: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """The slices of a volume ``(B, C, H, W, D)`` along the spatial ``axis`` (2, 3, 4 or -3, -2, -1) as one
+    batch ``(B * S, C, h, w)``, volume by volume (``.unflatten(0, [B, -1])`` restores ``(B, S, ...)``).
+    TorchScript code, as the forward of the slice-wise modules that call it."""
+    if volume.ndim != 5:
+        raise ValueError(f"expected volumes (B, C, H, W, D), got shape {list(volume.shape)}")
+    if axis not in [2, 3, 4, -3, -2, -1]:
+        raise ValueError(
+            f"axis must be a spatial axis of (B, C, H, W, D) (2, 3, 4 or -3, -2, -1), got {axis}"
+        )
+    return volume.movedim(axis, 1).flatten(0, 1)  # the slices next to the batch axis, then merged with it
 
 
 def map_slices(network: nn.Module, volume: torch.Tensor, axis: int = -1, batch: int = 16) -> torch.Tensor:
     """``network`` applied to every slice of a volume ``(B, C, H, W, D)`` along the spatial ``axis``,
     ``batch`` slices per call: ``(B, S, *output of one slice)``, S the number of slices."""
-    if volume.ndim != 5:
-        raise ValueError(f"expected volumes (B, C, H, W, D), got shape {tuple(volume.shape)}")
-    if axis not in (2, 3, 4, -3, -2, -1):
-        raise ValueError(
-            f"axis must be a spatial axis of (B, C, H, W, D) (2, 3, 4 or -3, -2, -1), got {axis}"
-        )
-    moved = volume.movedim(axis, 1)  # (B, S, C, h, w): the slices next to the batch axis
-    slices = moved.reshape(-1, *moved.shape[2:])
-    outputs = torch.cat([network(chunk) for chunk in slices.split(batch)])
-    return outputs.reshape(*moved.shape[:2], *outputs.shape[1:])
+    outputs = torch.cat([network(chunk) for chunk in to_slices(volume, axis).split(batch)])
+    return outputs.unflatten(0, [volume.shape[0], -1])
 
 
 class SliceWise(nn.Module):
@@ -108,8 +115,11 @@ class SliceWise(nn.Module):
         self.spatial_dims = 3
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        # (B, S, K, h, w) -> the slice axis back where it came from
-        return map_slices(self.segmenter, volume, self.axis, self.batch).movedim(1, self.axis)
+        # map_slices, spelled out for TorchScript (no module argument); (B, S, K, h, w) -> the slice axis
+        # back where it came from
+        chunks = to_slices(volume, self.axis).split(self.batch)
+        logits = torch.cat([self.segmenter(chunk) for chunk in chunks])
+        return logits.unflatten(0, [volume.shape[0], -1]).movedim(1, self.axis)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update (those of the 2D segmenter that require gradients)."""

@@ -46,14 +46,18 @@ NUM_FEATURE_MAPS = 4
 
 
 def interpolate_pos_embed(
-    pos_embed: torch.Tensor, new_grid: tuple[int, int], offset: float = INTERPOLATE_OFFSET
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    offset: float = INTERPOLATE_OFFSET,
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Resize position embeddings ``(1, 1 + M*M, D)`` (CLS first, then a square M x M patch grid) to the
     patch grid ``new_grid = (h, w)``: ``(1, 1 + h*w, D)``.
 
     The CLS embedding is kept; the grid is resized bicubically (``align_corners=False``) with DINOv2's scale
-    factors ``((h + offset) / M, (w + offset) / M)`` (``offset`` 0.1 as DINOv2; 0 for the plain ratio). At the
-    stored grid the input tensor itself is returned.
+    factors ``((h + offset) / M, (w + offset) / M)`` (``offset`` 0.1 as DINOv2), or to the output size
+    ``(h, w)`` when ``offset`` is 0 (DINOv2's registers models, Hugging Face ``transformers``), with
+    ``antialias`` (registers models). At the stored grid the input tensor itself is returned.
     """
     if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must be (1, 1 + N, D), got {list(pos_embed.shape)}")
@@ -66,8 +70,13 @@ def interpolate_pos_embed(
         return pos_embed
     compute_dtype = torch.promote_types(pos_embed.dtype, torch.float32)  # bicubic needs float32 or wider
     grid = pos_embed[:, 1:].to(compute_dtype).reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    scale = ((h + offset) / side, (w + offset) / side)
-    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+    if offset != 0.0:
+        scale = ((h + offset) / side, (w + offset) / side)
+        grid = F.interpolate(
+            grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=antialias
+        )
+    else:
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=antialias)
     patches = grid.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos_embed.dtype)
     return torch.cat((pos_embed[:, :1], patches), dim=1)
 
@@ -201,6 +210,8 @@ class ViT(nn.Module):
         feature_blocks: the four block indices whose outputs ``features`` returns (default
             :func:`default_feature_blocks`).
         drop_path_rate: stochastic depth, rising linearly from 0 over the blocks to this value.
+        interpolate_offset, interpolate_antialias: how position embeddings are resized to other patch grids
+            (:func:`interpolate_pos_embed`; DINOv2: 0.1 and False; its registers models: 0 and True).
 
     ``forward(x) -> (B, embed_dim)`` is the normed [CLS] token; ``tokens(x)`` gives (normed [CLS], normed
     patch tokens (B, N, D)), registers excluded; ``features(x)`` gives the normed patch tokens of the
@@ -221,6 +232,8 @@ class ViT(nn.Module):
         ffn: str = "mlp",
         feature_blocks: Sequence[int] | None = None,
         drop_path_rate: float = 0.0,
+        interpolate_offset: float = INTERPOLATE_OFFSET,
+        interpolate_antialias: bool = False,
     ) -> None:
         super().__init__()
         if ffn not in FFN_LAYERS:
@@ -239,6 +252,7 @@ class ViT(nn.Module):
         self.patch_size = patch_size
         self.grid = img_size // patch_size
         self.num_register_tokens = num_register_tokens
+        self.interpolate_offset, self.interpolate_antialias = float(interpolate_offset), interpolate_antialias
         self.feature_blocks = tuple(int(b) for b in blocks)
         self.spatial_dims = 2
         self.out_dim = embed_dim
@@ -290,7 +304,9 @@ class ViT(nn.Module):
         if masks is not None:
             patches = torch.where(masks.unsqueeze(-1), self.mask_token.to(patches.dtype), patches)
         tokens = torch.cat((self.cls_token.expand(len(x), -1, -1), patches), dim=1)
-        tokens = tokens + interpolate_pos_embed(self.pos_embed, grid)
+        tokens = tokens + interpolate_pos_embed(
+            self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias
+        )
         if self.register_tokens is None:
             return tokens
         registers = self.register_tokens.expand(len(x), -1, -1)
@@ -316,10 +332,9 @@ class ViT(nn.Module):
         out = self.embed(x)
         maps = []
         for index, block in enumerate(self.blocks):
-            out = block(out)
-            if index in self.feature_blocks:
-                patches = self._patches(self.norm(out))
-                maps.append(patches.transpose(1, 2).reshape(len(x), -1, h, w))
-            if len(maps) == NUM_FEATURE_MAPS:
-                break
+            if index <= self.feature_blocks[-1]:  # the blocks after the last feature block are not run
+                out = block(out)
+                if index in self.feature_blocks:
+                    patches = self._patches(self.norm(out))
+                    maps.append(patches.transpose(1, 2).reshape(len(x), -1, h, w))
         return maps
