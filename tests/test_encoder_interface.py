@@ -15,6 +15,9 @@ TINY = {
     ),
     "vit": ({"in_channels": 1, "img_size": 56, "embed_dim": 24, "depth": 4, "num_heads": 2}, (1, 1, 56, 56)),
     "segresnet": ({"in_channels": 1, "spatial_dims": 3, "init_filters": 8}, (1, 1, 32, 32, 32)),
+    "segresencoder": ({"in_channels": 1, "init_filters": 8, "blocks_down": [1, 1, 1, 1]}, (1, 1, 32, 32, 32)),
+    "resnet": ({"depth": 10, "in_channels": 1}, (1, 1, 32, 32, 32)),
+    "genesis_unet": ({"in_channels": 1}, (1, 1, 16, 16, 16)),
 }
 
 
@@ -63,5 +66,5 @@ def test_files_without_an_encoder_name_and_unknown_names(tmp_path):
     save_encoder(build_encoder("swin", **swin_config), tmp_path / "bare.pt")
     with pytest.raises(EncoderLoadError, match="does not say which encoder"):
         encoder_from_file(tmp_path / "bare.pt")
-    with pytest.raises(ValueError, match="unknown encoder 'resnet'"):
-        build_encoder("resnet")
+    with pytest.raises(ValueError, match="unknown encoder 'no_such_encoder'"):
+        build_encoder("no_such_encoder")

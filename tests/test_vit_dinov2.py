@@ -210,7 +210,8 @@ def test_official_vits14_layout_loads(registers):
     at_224 = dinov2_vit("small", registers=registers, weights=state)
     assert at_224.state_dict()["pos_embed"].shape == (1, 1 + 16 * 16, 384)
     for key, value in at_224.state_dict().items():
-        want = interpolate_pos_embed(state[key], (16, 16)) if key == "pos_embed" else state[key]
+        resize = (at_224.interpolate_offset, at_224.interpolate_antialias)  # registers: (0, True)
+        want = interpolate_pos_embed(state[key], (16, 16), *resize) if key == "pos_embed" else state[key]
         assert torch.equal(value, want), key
     # the 224-px ViT equals the 518-px ViT run on 224 px (which resizes its embeddings on the fly)
     x = torch.randn(1, 3, 224, 224)

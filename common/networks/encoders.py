@@ -2,7 +2,10 @@
 
 Every encoder (:class:`~common.networks.swin.SwinEncoder` 2D/3D, :class:`~common.networks.convnext.ConvNeXt`
 2D/3D, :class:`~common.networks.vit.ViT` 2D with DINOv2 compatibility, the encoder half of SegResNet
-:class:`~common.networks.segresnet_encoder.SegResNetEncoder` 2D/3D) has
+:class:`~common.networks.segresnet_encoder.SegResNetEncoder` 2D/3D, MONAI's ``SegResEncoder``
+:class:`~common.networks.segres_encoder_ds.SegResDSEncoder` (CT-FM), MONAI's 3D ResNet
+:class:`~common.networks.resnet_encoder.ResNetEncoder` (MedicalNet), the down path of Models Genesis' U-Net
+:class:`~common.networks.genesis_unet.GenesisEncoder` (SuPreM's U-Net)) has
 
 - ``forward(x) -> (B, out_dim)``: the pooled embedding (ViT: the [CLS] token);
 - ``tokens(x) -> (cls | None, patch tokens (B, N, D))``: the token view (``cls`` is ``None`` without one);
@@ -13,6 +16,10 @@ Pre-training bundles write encoder files with meta ``encoder`` (a name of :data:
 ``encoder_config`` (the constructor arguments), so :func:`encoder_from_file` rebuilds an encoder from the file
 alone; files of the 3D SSL bundles, which predate the registry, carry ``in_channels``, ``feature_size`` and
 ``spatial_dims`` and are Swin encoders.
+
+Published checkpoints (``common.networks.published.PUBLISHED``: MONAI's SwinUNETR self-supervised weights,
+SuPreM, CT-FM, MedicalNet, DINOv2, RAD-DINO) are built by their name: ``build_encoder("dinov2_vits14",
+weights=PATH)``, with the entry's encoder and configuration (``config`` overrides it) and its key mapping.
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ from collections.abc import Mapping
 from torch import nn
 
 from .convnext import ConvNeXt
+from .genesis_unet import GenesisEncoder
 from .pretrained import EncoderLoadError, load_encoder, read_encoder_file
+from .published import PUBLISHED, load_published
+from .resnet_encoder import ResNetEncoder
+from .segres_encoder_ds import SegResDSEncoder
 from .segresnet_encoder import SegResNetEncoder
 from .swin import SwinEncoder
 from .vit import ViT
@@ -33,20 +44,44 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "convnext": ConvNeXt,
     "vit": ViT,
     "segresnet": SegResNetEncoder,
+    "segresencoder": SegResDSEncoder,
+    "resnet": ResNetEncoder,
+    "genesis_unet": GenesisEncoder,
 }
 LEGACY_SWIN_META = ("in_channels", "feature_size", "spatial_dims")
 
 
 def build_encoder(
-    name: str = "swin", pretrained_encoder: str | os.PathLike | None = None, **config
+    name: str = "swin",
+    pretrained_encoder: str | os.PathLike | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    **config,
 ) -> nn.Module:
-    """``ENCODERS[name](**config)``, loaded from the encoder file ``pretrained_encoder`` when one is given
-    (strict key and shape check, :func:`~common.networks.pretrained.load_encoder`). ``""`` means no file."""
+    """``ENCODERS[name](**config)``, loaded from the encoder file ``pretrained_encoder`` (or ``weights``, the
+    same argument by another name) when one is given (strict key and shape check,
+    :func:`~common.networks.pretrained.load_encoder`). ``""`` means no file.
+
+    ``name`` may also be a published checkpoint (a name of ``PUBLISHED``): its encoder is built with the
+    entry's configuration updated by ``config`` and the file is loaded with its key mapping
+    (:func:`~common.networks.published.load_published`)."""
+    if pretrained_encoder and weights:
+        raise ValueError("build_encoder: give the weights file as pretrained_encoder or weights, not both")
+    path = pretrained_encoder or weights
+    if name in PUBLISHED:
+        entry = PUBLISHED[name]
+        encoder = ENCODERS[entry.encoder](**{**entry.config, **config})
+        if path:
+            load_published(encoder, path, name)
+        return encoder
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+        raise ValueError(
+            f"unknown encoder {name!r}; choose an encoder of {sorted(ENCODERS)} or a published checkpoint of "
+            f"{sorted(PUBLISHED)}"
+        )
     encoder = ENCODERS[name](**config)
-    if pretrained_encoder:
-        load_encoder(encoder, pretrained_encoder)
+    if path:
+        load_encoder(encoder, path)
     return encoder
 
 

@@ -54,11 +54,15 @@ def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
 
     Accepts the collection's encoder files, MONAI bundle checkpoints (``{"network": state_dict, ...}`` or a
     bare state dict), MONAI ``CheckpointSaver`` files (``{"model": state_dict, "optimizer": ...}``), SuPreM
-    checkpoints (``{"net": state_dict, "optimizer": ..., "epoch": ...}``) and ``{"state_dict": ...}``.
+    checkpoints (``{"net": state_dict, "optimizer": ..., "epoch": ...}``) and ``{"state_dict": ...}``; and
+    ``.safetensors`` files (the Hugging Face Hub's format; needs the ``safetensors`` package, installed with
+    the ``published`` extra).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path), {}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -71,6 +75,21 @@ def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise EncoderLoadError(f"{path}: no state dict of tensors found (top-level keys: {list(obj)[:10]})")
     return dict(obj), dict(meta)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (no code is executed when reading it)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise EncoderLoadError(
+            f"{path}: reading .safetensors files needs the safetensors package (pip install "
+            "'medfm-bundles[published]')"
+        ) from err
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # safetensors raises its own error type for damaged files
+        raise EncoderLoadError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def map_encoder_keys(state_dict: Mapping[str, torch.Tensor], target_keys: Iterable[str]) -> dict:
@@ -87,6 +106,13 @@ def map_encoder_keys(state_dict: Mapping[str, torch.Tensor], target_keys: Iterab
             name = name.split(".", 1)[1]
         mapped[name if name in targets else key] = value
     return mapped
+
+
+def strip_prefixes(key: str) -> str:
+    """``key`` without its leading wrapper prefixes (``module.backbone.GAP.0.weight`` -> ``GAP.0.weight``)."""
+    while key.startswith(KNOWN_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def state_dict_problems(
@@ -117,11 +143,19 @@ def load_encoder(encoder: nn.Module, path: str | os.PathLike, allow_missing: Ite
     mismatches. Keys listed in ``allow_missing`` (exact names) may be absent. Returns the file's meta.
     """
     state, meta = read_encoder_file(path)
+    load_state_strict(encoder, state, f"{path}: encoder weights (meta: {meta})", allow_missing)
+    return meta
+
+
+def load_state_strict(
+    encoder: nn.Module, state: Mapping[str, torch.Tensor], source: str, allow_missing: Iterable[str] = ()
+) -> None:
+    """Load ``state`` into ``encoder`` after :func:`map_encoder_keys`, with a strict key and shape check;
+    :class:`EncoderLoadError` starts with ``source`` (the file and what it holds) and lists the problems."""
     own = encoder.state_dict()
     state = map_encoder_keys(state, own)
     problems = state_dict_problems(own, state, allow_missing)
     if problems:
-        header = f"{path}: encoder weights do not fit {type(encoder).__name__} (meta: {meta})"
+        header = f"{source} do not fit {type(encoder).__name__}"
         raise EncoderLoadError("\n".join([header, *problems]))
     encoder.load_state_dict(state, strict=not allow_missing)
-    return meta

@@ -24,7 +24,8 @@ TOTAL_STRIDE = 32
 
 class SwinEncoder(SwinTransformer):
     """SwinUNETR's encoder (``spatial_dims`` 2 or 3); ``forward`` gives a ``(B, 16 * feature_size)``
-    embedding: the average over space of the last stage's normalised feature map."""
+    embedding: the average over space of the last stage's normalised feature map. ``use_v2`` adds the
+    residual convolution blocks of SwinUNETR-v2 (``layers{i}c``, MONAI's ``use_v2=True``)."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class SwinEncoder(SwinTransformer):
         spatial_dims: int = 3,
         use_checkpoint: bool = False,
         dropout_path_rate: float = 0.0,
+        use_v2: bool = False,
     ) -> None:
         super().__init__(
             in_chans=in_channels,
@@ -46,6 +48,7 @@ class SwinEncoder(SwinTransformer):
             use_checkpoint=use_checkpoint,
             spatial_dims=spatial_dims,
             downsample=look_up_option("merging", MERGING_MODE),
+            use_v2=use_v2,
         )
         self.spatial_dims = spatial_dims
         self.out_dim = 16 * feature_size
