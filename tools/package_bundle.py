@@ -21,7 +21,6 @@ none: the copy trains its own.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from monai.bundle import ConfigParser
 from common.atomic import atomic_path
 from common.bundle import LARGE_FILES, REPO_ROOT
 from common.bundle_checks import inference_checkpoint_name, list_bundles
+from common.data.fetch import file_digest
 
 # What a bundle run writes into its folder: never packaged.
 EXCLUDED_DIRS = frozenset({"models", "eval", "mlruns", "runs", "__pycache__"})
@@ -74,14 +74,6 @@ def _packaged_files(bundle: Path) -> list[Path]:
     return files
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def large_files(bundle: Path, weights_url: str | None = None) -> list[dict]:
     """The ``large_files.yml`` entries of ``bundle``: those of its own ``large_files.yml`` if it has one,
     then its inference weights (``models/<file>``) if they exist and are not listed there."""
@@ -91,7 +83,8 @@ def large_files(bundle: Path, weights_url: str | None = None) -> list[dict]:
     path = weights.relative_to(bundle).as_posix()
     if weights.is_file() and path not in {entry.get("path") for entry in entries}:
         url = f"{weights_url.rstrip('/')}/{weights.name}" if weights_url else weights.resolve().as_uri()
-        entries.append({"path": path, "url": url, "hash_val": _md5(weights), "hash_type": "md5"})
+        md5 = file_digest(weights, "md5")
+        entries.append({"path": path, "url": url, "hash_val": md5, "hash_type": "md5"})
     return entries
 
 

@@ -25,12 +25,17 @@ class DataFetchError(RuntimeError):
     """A package archive could not be downloaded, verified or extracted."""
 
 
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of ``path``'s bytes (read in 1 MiB blocks) with ``hashlib``'s ``algorithm``."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256sum(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def pip_download(source: PackageSource, dest: Path) -> Path:

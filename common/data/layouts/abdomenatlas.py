@@ -26,15 +26,11 @@ def abdomenatlas(
     if not subjects:
         raise FileNotFoundError(f"no BDMAP_* case folders in {root}")
     own, items = scan_subjects(root, subjects, ABDOMENATLAS_CLASSES[1:])
-    held_out = split_groups(subjects, val_fraction, seed)
     return segmentation_datalist(
         "abdomenatlas",
         f"AbdomenAtlas 1.1, {len(subjects)} CTs, per-organ masks merged; validation: seeded {val_fraction:g}",
         root,
-        {
-            "training": [i for i in items if i["subject"] not in held_out],
-            "validation": [i for i in items if i["subject"] in held_out],
-        },
+        split_groups(items, val_fraction, seed),
         own,
         target,
         labels_dir,

@@ -45,14 +45,19 @@ def relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
-def split_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """A seeded ``fraction`` of the distinct ``groups`` (at least one when there are two or more):
-    the held-out set of a split that keeps each group (subject, patient) on one side."""
-    ordered = sorted(set(groups))
+def split_groups(items: Sequence[dict], fraction: float, seed: int, key: str = "subject") -> dict:
+    """``{"training": [...], "validation": [...]}``: ``items`` split so that a seeded ``fraction`` of the
+    distinct groups (``item[key]``: subject, patient; at least one when there are two or more) is held out
+    for validation, each group on one side."""
+    ordered = sorted({item[key] for item in items})
     if not 0 <= fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
     count = min(max(1, round(fraction * len(ordered))), len(ordered) - 1) if fraction else 0
-    return set(random.Random(seed).sample(ordered, count))
+    held_out = set(random.Random(seed).sample(ordered, count))
+    return {
+        "training": [item for item in items if item[key] not in held_out],
+        "validation": [item for item in items if item[key] in held_out],
+    }
 
 
 def datalist(name: str, description: str, **content) -> dict:

@@ -72,13 +72,11 @@ def chestxray14(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> d
     if missing:
         raise KeyError(f"{root}: split lists name images absent from Data_Entry_2017.csv: {missing[:5]}")
     train_val = [items[n] for n in sorted(official["train_val"])]
-    held_out = split_groups([i["subject"] for i in train_val], val_fraction, seed)
     return datalist(
         "chestxray14",
         "NIH ChestX-ray14, 14 text-mined findings; official test list; validation: seeded "
         f"{val_fraction:g} of the train_val patients (seed {seed})",
         finding_names=list(CHESTXRAY14_FINDINGS),
-        training=[i for i in train_val if i["subject"] not in held_out],
-        validation=[i for i in train_val if i["subject"] in held_out],
+        **split_groups(train_val, val_fraction, seed),
         test=[items[n] for n in sorted(official["test"])],
     )

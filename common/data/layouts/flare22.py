@@ -45,15 +45,11 @@ def flare22(
         cases.append(
             {"image": str(image.relative_to(root)), "label": str(label.relative_to(root)), "subject": subject}
         )
-    held_out = split_groups([c["subject"] for c in cases], val_fraction, seed)
     return segmentation_datalist(
         "flare22",
         f"FLARE22 labelled abdomen CT, 13 organs; validation: seeded {val_fraction:g} (seed {seed})",
         root,
-        {
-            "training": [c for c in cases if c["subject"] not in held_out],
-            "validation": [c for c in cases if c["subject"] in held_out],
-        },
+        split_groups(cases, val_fraction, seed),
         FLARE22_LABELS,
         target,
         labels_dir,

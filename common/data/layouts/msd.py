@@ -44,7 +44,6 @@ def msd(
         cases.append(
             {"image": image, "label": _relpath(entry["label"], root, f"{where} 'label'"), "subject": subject}
         )
-    held_out = split_groups([c["subject"] for c in cases], val_fraction, seed)
     test = [
         {"image": _relpath(e if isinstance(e, str) else e["image"], root, "MSD test image")}
         for e in meta["test"]
@@ -54,11 +53,7 @@ def msd(
         f"Medical Segmentation Decathlon {meta['name']} ({meta.get('description', '')}); validation: seeded "
         f"{val_fraction:g} of the training cases (seed {seed})",
         root,
-        {
-            "training": [c for c in cases if c["subject"] not in held_out],
-            "validation": [c for c in cases if c["subject"] in held_out],
-            "test": test,
-        },
+        {**split_groups(cases, val_fraction, seed), "test": test},
         {int(k): v for k, v in meta["labels"].items()},
         target,
         labels_dir,

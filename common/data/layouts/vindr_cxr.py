@@ -64,13 +64,11 @@ def vindr_cxr(
             require(root / dicom, f"image of {image_id}")
             image = dicom_to_nifti(root, dicom, images_dir) if convert else dicom
             splits[key].append({"image": image, "dicom": dicom, "subject": image_id, "findings": findings})
-    held_out = split_groups(sorted(train), val_fraction, seed)
     return datalist(
         "vindr_cxr",
         f"VinDr-CXR image-level labels, training readers merged by {merge}; test: 5-reader consensus",
         finding_names=names,
         label_merge=merge,
-        training=[i for i in splits["training"] if i["subject"] not in held_out],
-        validation=[i for i in splits["training"] if i["subject"] in held_out],
+        **split_groups(splits["training"], val_fraction, seed),
         test=splits["test"],
     )
