@@ -35,9 +35,17 @@ CHECKS = (
 NEEDS = {"net_in_out": "zoo", "torchscript": "zoo", "onnx": "zoo", "infer": "ckpt"}
 
 
+def _detail(result) -> str:
+    """What a passing export check measured: how it exported and max |export - eager|."""
+    if isinstance(result, be.ExportResult):
+        return f"{result.method}, max |diff| {result.max_abs_diff:.1e}"
+    return ""
+
+
 def run_checks(bundle: Path, work_dir: Path, schema: Path | None, skip: tuple[str, ...] = ()) -> list[tuple]:
-    """(check, status, seconds, message) for each check; a check needing the model zoo's copy or a trained
-    checkpoint is skipped when what makes it failed or was skipped."""
+    """(check, status, seconds, message: the failure, or what a passing export measured) for each check; a
+    check needing the model zoo's copy or a trained checkpoint is skipped when what makes it failed or was
+    skipped."""
     state: dict = {}
 
     def zoo_files():
@@ -68,8 +76,8 @@ def run_checks(bundle: Path, work_dir: Path, schema: Path | None, skip: tuple[st
             continue
         start = time.time()
         try:
-            steps[name]()
-            rows.append((name, "PASS", time.time() - start, ""))
+            result = steps[name]()
+            rows.append((name, "PASS", time.time() - start, _detail(result)))
         except Exception as e:  # every failure is reported in the table, the run goes on
             message = str(e) if isinstance(e, bc.BundleCheckError) else traceback.format_exc(limit=3)
             rows.append((name, "FAIL", time.time() - start, message.strip()))
@@ -103,14 +111,14 @@ def main(
         for bundle in selected:
             rows = run_checks(bundle, base / bundle.name, schema_file, skip)
             for check, status, seconds, message in rows:
-                table.append((bundle.name, check, status, seconds))
+                table.append((bundle.name, check, status, seconds, message if status == "PASS" else ""))
                 failed |= status == "FAIL"
                 if message and status == "FAIL":
                     print(f"\n[{bundle.name}] {check} FAILED:\n{message}\n", file=sys.stderr)
     width = max(len(row[0]) for row in table)
-    print(f"\n{'bundle':<{width}}  {'check':<12} status  seconds")
-    for name, check, status, seconds in table:
-        print(f"{name:<{width}}  {check:<12} {status:<6}  {seconds:7.1f}")
+    print(f"\n{'bundle':<{width}}  {'check':<12} status  seconds  detail")
+    for name, check, status, seconds, detail in table:
+        print(f"{name:<{width}}  {check:<12} {status:<6}  {seconds:7.1f}  {detail}")
     if failed:
         sys.exit(1)
 
