@@ -9,12 +9,15 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch 2.13.0 (CPU) goes in first: the project's `torch>=2.8` is then already satisfied. The `ui` extra is
-# the MLflow UI / tracking server (`mlflow ui`, see README "Looking at runs").
+# the MLflow UI / tracking server (`mlflow ui`, see README "Looking at runs"). dynamic-network-architectures
+# (the `resenc` encoder, nnssl / OpenMind ResEnc-L) goes in with --no-deps, which an extra cannot say: it
+# requires timm, whose torchvision would replace torch 2.13.0 CPU; its residual encoder imports no timm.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,ui]'
+	$(PY) -m pip install -q --no-deps dynamic-network-architectures==0.4.4
 	touch $@
 
 data: setup

@@ -18,6 +18,10 @@ TINY = {
     "segresencoder": ({"in_channels": 1, "init_filters": 8, "blocks_down": [1, 1, 1, 1]}, (1, 1, 32, 32, 32)),
     "resnet": ({"depth": 10, "in_channels": 1}, (1, 1, 32, 32, 32)),
     "genesis_unet": ({"in_channels": 1}, (1, 1, 16, 16, 16)),
+    "resenc": (
+        {"features_per_stage": [8, 16, 24, 32], "n_blocks_per_stage": [1, 1, 1, 1], "strides": [1, 2, 2, 2]},
+        (1, 1, 32, 32, 32),
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from .encoder_decoder import EncoderDecoder, SliceWise, build_encoder_segmenter,
 from .encoders import ENCODERS, build_encoder, encoder_from_file
 from .genesis_unet import GenesisEncoder, GenesisUNet
 from .heads import DINOHead, mlp
+from .nnssl import nnssl_adaptation
 from .peft import apply_bitfit, apply_lora, apply_peft, merge_lora, trainable_share
 from .pretrained import (
     EncoderLoadError,
@@ -21,6 +22,7 @@ from .pretrained import (
     state_dict_problems,
 )
 from .published import PUBLISHED, PublishedCheckpoint, load_published
+from .resenc_encoder import ResEncEncoder
 from .resnet_encoder import ResNetEncoder
 from .segmenter import ARCHITECTURES, build_segmenter, swin_encoder
 from .segres_encoder_ds import SegResDSEncoder
@@ -33,9 +35,11 @@ __all__ = [
     "GenesisUNet",
     "PUBLISHED",
     "PublishedCheckpoint",
+    "ResEncEncoder",
     "ResNetEncoder",
     "SegResDSEncoder",
     "load_published",
+    "nnssl_adaptation",
     "ENCODERS",
     "ConvNeXt",
     "EncoderClassifier",

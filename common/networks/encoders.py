@@ -5,7 +5,9 @@ Every encoder (:class:`~common.networks.swin.SwinEncoder` 2D/3D, :class:`~common
 :class:`~common.networks.segresnet_encoder.SegResNetEncoder` 2D/3D, MONAI's ``SegResEncoder``
 :class:`~common.networks.segres_encoder_ds.SegResDSEncoder` (CT-FM), MONAI's 3D ResNet
 :class:`~common.networks.resnet_encoder.ResNetEncoder` (MedicalNet), the down path of Models Genesis' U-Net
-:class:`~common.networks.genesis_unet.GenesisEncoder` (SuPreM's U-Net)) has
+:class:`~common.networks.genesis_unet.GenesisEncoder` (SuPreM's U-Net), the residual encoder of nnU-Net's
+``ResidualEncoderUNet`` :class:`~common.networks.resenc_encoder.ResEncEncoder` (nnssl / OpenMind ResEnc-L))
+has
 
 - ``forward(x) -> (B, out_dim)``: the pooled embedding (ViT: the [CLS] token);
 - ``tokens(x) -> (cls | None, patch tokens (B, N, D))``: the token view (``cls`` is ``None`` without one);
@@ -18,8 +20,9 @@ alone; files of the 3D SSL bundles, which predate the registry, carry ``in_chann
 ``spatial_dims`` and are Swin encoders.
 
 Published checkpoints (``common.networks.published.PUBLISHED``: MONAI's SwinUNETR self-supervised weights,
-SuPreM, CT-FM, MedicalNet, DINOv2, RAD-DINO) are built by their name: ``build_encoder("dinov2_vits14",
-weights=PATH)``, with the entry's encoder and configuration (``config`` overrides it) and its key mapping.
+SuPreM, CT-FM, MedicalNet, DINOv2, RAD-DINO, nnssl ResEnc-L) are built by their name:
+``build_encoder("dinov2_vits14", weights=PATH)``, with the entry's encoder and configuration (``config``
+overrides it) and its key mapping.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .convnext import ConvNeXt
 from .genesis_unet import GenesisEncoder
 from .pretrained import EncoderLoadError, load_encoder, read_encoder_file
 from .published import PUBLISHED, load_published
+from .resenc_encoder import ResEncEncoder
 from .resnet_encoder import ResNetEncoder
 from .segres_encoder_ds import SegResDSEncoder
 from .segresnet_encoder import SegResNetEncoder
@@ -47,6 +51,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "segresencoder": SegResDSEncoder,
     "resnet": ResNetEncoder,
     "genesis_unet": GenesisEncoder,
+    "resenc": ResEncEncoder,
 }
 LEGACY_SWIN_META = ("in_channels", "feature_size", "spatial_dims")
 

@@ -54,7 +54,8 @@ def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
 
     Accepts the collection's encoder files, MONAI bundle checkpoints (``{"network": state_dict, ...}`` or a
     bare state dict), MONAI ``CheckpointSaver`` files (``{"model": state_dict, "optimizer": ...}``), SuPreM
-    checkpoints (``{"net": state_dict, "optimizer": ..., "epoch": ...}``) and ``{"state_dict": ...}``; and
+    checkpoints (``{"net": state_dict, "optimizer": ..., "epoch": ...}``), nnssl checkpoints
+    (``{"network_weights": state_dict, "nnssl_adaptation_plan": ...}``) and ``{"state_dict": ...}``; and
     ``.safetensors`` files (the Hugging Face Hub's format; needs the ``safetensors`` package, installed with
     the ``published`` extra).
     """
@@ -68,7 +69,7 @@ def read_encoder_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise EncoderLoadError(f"{path}: not a readable PyTorch weights file ({err})") from err
     meta = obj.get("meta", {}) if isinstance(obj, Mapping) else {}
-    for key in ("state_dict", "network", "model", "net", "teacher", "student"):
+    for key in ("state_dict", "network", "model", "net", "network_weights", "teacher", "student"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break

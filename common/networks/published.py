@@ -14,6 +14,8 @@ encoder (decoders, heads; listed per entry in ``ignore``) are dropped and listed
 :class:`~common.networks.pretrained.EncoderLoadError` naming the file and listing the missing, unexpected
 and shape-mismatched keys. DINOv2-family files go through ``common.networks.dinov2.load_dinov2_weights``
 with their layout (official, ``timm``, Hugging Face).
+:func:`export_published_encoder` converts a published file into the collection's encoder file, which every
+downstream bundle (``pretrained_encoder``) and the benchmark matrix take unchanged.
 The files themselves are not downloaded by this project (addresses in :data:`PUBLISHED`).
 """
 
@@ -22,11 +24,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
+from ..data.fetch import sha256sum
 from .dinov2 import dinov2_vit_config, load_dinov2_weights
-from .pretrained import load_state_strict, read_encoder_file, strip_prefixes
+from .pretrained import load_state_strict, read_encoder_file, save_encoder, strip_prefixes
+from .resenc_encoder import RESENC_L
 from .transfer import SUPREM_HEAD_PREFIXES
 
 MONAI_SSL_HEADS = ("rotation_head.", "rotation_pre.", "contrastive_head.", "contrastive_pre.", "conv.")
@@ -183,6 +188,16 @@ PUBLISHED: dict[str, PublishedCheckpoint] = {
         licence="MSRLA (Microsoft Research License Agreement)",
         dinov2_layout="hf",
     ),
+    "nnssl_resenc_l": PublishedCheckpoint(
+        encoder="resenc",
+        config={"in_channels": 1, "spatial_dims": 3, **RESENC_L},
+        layout="nnssl {'network_weights': ResidualEncoderUNet encoder.*, decoder.*; 'nnssl_adaptation_plan'}",
+        reference="dynamic_network_architectures ResidualEncoderUNet(...).encoder",
+        source="nnssl / OpenMind (Wald et al., CVPR 2025), https://github.com/MIC-DKFZ/nnssl",
+        url="https://huggingface.co/collections/MIC-DKFZ/openmind-models-6819c21c7fe6f0aaaab7dadf",
+        licence="nnssl code CC BY-SA 4.0; weights: the licence declared on each model card at the URL",
+        ignore=("decoder.",),
+    ),
 }
 
 
@@ -205,3 +220,24 @@ def load_published(encoder: nn.Module, path: str | os.PathLike, name: str) -> di
     kept = {k: v for k, v in state.items() if k not in set(ignored)}
     load_state_strict(encoder, kept, f"{path}: published checkpoint {name!r} ({entry.layout})")
     return {"ignored": ignored}
+
+
+def export_published_encoder(name: str, file: str | os.PathLike, out: str | os.PathLike, **config) -> Path:
+    """Build the published checkpoint ``name`` from ``file`` (``build_encoder(name, weights=file,
+    **config)``: the entry's configuration updated by ``config``, the strict mapping) and write it to
+    ``out`` as the collection's encoder file (atomic). Meta: ``encoder``, ``encoder_config``, and
+    ``published`` (the name), ``source``, ``published_file`` and ``published_sha256`` (of ``file``)."""
+    from .encoders import build_encoder  # encoders imports this module
+
+    entry = published_entry(name)
+    encoder = build_encoder(name, weights=file, **config)
+    return save_encoder(
+        encoder,
+        out,
+        encoder=entry.encoder,
+        encoder_config={**entry.config, **config},
+        published=name,
+        source=entry.source,
+        published_file=str(file),
+        published_sha256=sha256sum(Path(file)),
+    )
