@@ -2,20 +2,26 @@
 
 Encoders: ``scratch`` (always), one per pre-training bundle named in ``methods`` (``<method>_ssl_pretrain``,
 pre-trained here at a CPU-sized configuration into ``<work_dir>/pretrain/<method>/models/encoder.pt``) and
-one per ready encoder file in ``encoders`` (``{name: path}``). Each is fine-tuned on the one task for now,
+one per entry of ``encoders``: ``{name: path}`` for a ready encoder file, or ``{name: {"published": NAME,
+"file": PATH, "config": {...}}}`` for a published checkpoint (``common.networks.published.PUBLISHED``: its
+file in the published layout, converted once into ``<work_dir>/published/<name>/encoder.pt``; ``config``
+overrides the entry's sizes, e.g. ``{"feature_size": 12}`` for the small matrix: a published SwinUNETR has
+48; :func:`common.evaluation.matrix.published_encoder`). Each is fine-tuned on the one task for now,
 ``multiorgan_ct_segmentation`` (SwinUNETR), for every ``shots`` and ``seed``, and scored on the held-out
 subject (:func:`common.evaluation.matrix.run_cell`). A 2-shot split is both training volumes for every
 seed (only two exist): there the seed changes the training randomness, not the split.
 
 Outputs under ``work_dir``: ``results.csv`` (one row per cell, written as each cell finishes),
 ``results.md`` (the table), ``mlruns.db`` (the MLflow store shared by all cells: experiment = task, run
-name = ``<method>_<shots>shot_seed<seed>``, tags ``method``/``task``/``shots``/``seed``/``encoder``) and
+name = ``<method>_<shots>shot_seed<seed>``, tags ``method``/``task``/``shots``/``seed``/``encoder``, and
+``published``/``published_file``/``published_sha256``/``config`` for a published checkpoint) and
 one folder per cell. Resumable: a cell already in the CSV is skipped, and an encoder already on disk is
 not pre-trained again (nor is one whose cells are all done).
 
 Then :func:`common.evaluation.benchmark_report.build_report` writes ``<work_dir>/report/report.md`` with
 its figures (``--report False`` skips it; ``tools/report.py`` writes it for any matrix folder). The sizes
-are kept in ``settings.json``: resuming with other sizes is refused.
+are kept in ``settings.json``: resuming with other sizes is refused, and so is resuming with another file
+(sha256) for a published encoder.
 
 Defaults: the small matrix -- SimMIM and the SwinUNETR SSL recipe (each pre-trained 2 epochs of 10
 iterations) plus scratch, 1 and 2 shots, seeds 0-2; SwinUNETR feature size 12 at 4 mm, 64x64x32 crops,
@@ -25,11 +31,15 @@ converged comparison. ``make benchmark`` runs it (see the README for the measure
     python tools/benchmark.py
     python tools/benchmark.py --methods "['simmim','rotation']" --shots "[1,2]" --seeds "[0,1,2]"
     python tools/benchmark.py --encoders "{'suprem': 'runs/suprem/encoder.pt'}" --work_dir runs/bench
+    python tools/benchmark.py --methods "[]" --work_dir runs/bench_published --encoders "{'monai_ssl':
+        {'published': 'swinunetr_ssl', 'file': 'model_swinvit.pt', 'config': {'feature_size': 48}}}" \
+        --feature_size 48
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import fire
@@ -37,7 +47,14 @@ import fire
 from common.data.prepare import prepare_all
 from common.evaluation.benchmark_report import build_report, write_settings
 from common.evaluation.heldout import SEGMENTATION_BUNDLE
-from common.evaluation.matrix import CELL_FIELDS, cell_name, pretrain_ssl, run_cell, sqlite_uri
+from common.evaluation.matrix import (
+    CELL_FIELDS,
+    cell_name,
+    pretrain_ssl,
+    published_encoder,
+    run_cell,
+    sqlite_uri,
+)
 from common.evaluation.results import ResultsTable
 
 
@@ -51,7 +68,7 @@ def _as_list(value) -> list:
 
 def main(
     methods: list[str] | tuple[str, ...] = ("simmim", "swinunetr"),
-    encoders: dict[str, str] | None = None,
+    encoders: dict[str, str | dict] | None = None,
     shots: list[int] | tuple[int, ...] = (1, 2),
     seeds: list[int] | tuple[int, ...] = (0, 1, 2),
     work_dir: str = "runs/benchmark",
@@ -78,11 +95,18 @@ def main(
     if len(set(names)) != len(names):
         raise ValueError(f"encoder names must be unique (scratch is reserved): {names}")
     for name, path in encoders.items():
-        if not Path(path).is_file():
+        if not isinstance(path, Mapping) and not Path(path).is_file():
             raise FileNotFoundError(f"encoder {name!r}: no file {path}")
-    prepare_all()
     root = Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
+    encoder_files: dict[str, Path | None] = {"scratch": None}
+    published: dict[str, dict] = {}  # name -> record (settings, MLflow tags)
+    for name, spec in encoders.items():
+        if isinstance(spec, Mapping):
+            encoder_files[name], published[name] = published_encoder(name, spec, root, feature_size)
+        else:
+            encoder_files[name] = Path(spec)
+    prepare_all()
     write_settings(
         root,
         {
@@ -96,7 +120,7 @@ def main(
             "pretrain_epoch_length": pretrain_epoch_length,
             "pretrain_learning_rate": pretrain_learning_rate,
             "methods": methods,
-            "encoders": encoders,
+            "encoders": {k: published.get(k, str(v)) for k, v in encoders.items()},
             "shots": shots,
             "seeds": seeds,
         },
@@ -105,7 +129,6 @@ def main(
     uri = sqlite_uri(root / "mlruns.db")
     cells = [(name, n, seed) for name in names for n in shots for seed in seeds]
     total = len(cells)
-    encoder_files: dict[str, Path | None] = {"scratch": None, **{k: Path(v) for k, v in encoders.items()}}
     for k, (name, n, seed) in enumerate(cells, 1):
         cell = cell_name(name, n, seed)
         if cell in results:
@@ -143,6 +166,7 @@ def main(
             learning_rate,
             roi_size=roi_size,
             num_samples=num_samples,
+            tags=published.get(name),
         )
         results.append(row)
         print(

@@ -4,7 +4,9 @@
 Encoders (each a ``(name, encoder_name, encoder_config, encoder file or None)``):
 
 - 3D task ``ct_organ_classification``: SwinUNETR's 3D Swin encoder pre-trained by ``simmim_ssl_pretrain``
-  (run here unless ``--swin3d_encoder`` names an encoder file) and a 2D ConvNeXt through slice averaging;
+  (run here unless ``--swin3d_encoder`` names an encoder file, or a published checkpoint as the benchmark's
+  ``--encoders`` do: ``{"published": NAME, "file": PATH, "config": {"feature_size": 12}}``, converted once
+  into ``<work_dir>/published/swin3d/encoder.pt``) and a 2D ConvNeXt through slice averaging;
 - 2D tasks ``radiograph_classification`` and ``radiograph_segmentation``: a 2D ConvNeXt (Coda's encoder
   when ``--convnext_encoder`` is given, else random initialisation) and a DINOv2-layout ViT with patch 14
   (random initialisation; official DINOv2 weights load with ``common.networks.dinov2`` where available).
@@ -21,12 +23,13 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import fire
 
 from common.evaluation import bundle_runs
-from common.evaluation.matrix import pretrain_ssl
+from common.evaluation.matrix import pretrain_ssl, published_encoder
 from common.networks import build_classifier, trainable_share
 
 CONVNEXT2D = {"in_channels": 1, "spatial_dims": 2, "depths": [2, 2, 2, 2], "dims": [32, 64, 128, 256]}
@@ -163,7 +166,7 @@ def segmentation3d_row(out: Path, encoder: tuple, arch: str, epochs: int) -> dic
 def main(
     work_dir: str = "runs/protocols",
     epochs: int = 10,
-    swin3d_encoder: str = "",
+    swin3d_encoder: str | dict = "",
     convnext_encoder: str = "",
     tasks: tuple = ("ct_organ_classification", "radiograph_classification"),
     shots: tuple = (1, 2, 4, 8),
@@ -172,6 +175,10 @@ def main(
     """Run every (task, encoder, protocol) cell of ``tasks`` not yet in ``work_dir`` and write the table
     (the radiograph task includes frozen-encoder segmentation)."""
     work_dir, start = Path(work_dir), time.time()
+    swin3d_name = "swin3d_simmim"
+    if isinstance(swin3d_encoder, Mapping):
+        swin3d_name = f"swin3d_{swin3d_encoder.get('published')}"
+        swin3d_encoder, _ = published_encoder("swin3d", swin3d_encoder, work_dir, SWIN3D["feature_size"])
     if not swin3d_encoder and "ct_organ_classification" in tasks:
         swin3d_encoder = pretrain_ssl(
             "simmim",
@@ -194,7 +201,7 @@ def main(
     specs = {
         "ct_organ_classification": (
             [
-                ("swin3d_simmim", "swin", SWIN3D, swin3d_encoder),
+                (swin3d_name, "swin", SWIN3D, swin3d_encoder),
                 ("convnext2d_slices", "convnext", CONVNEXT2D, convnext_encoder or None),
             ],
             {"num_classes": 8},

@@ -14,6 +14,11 @@ run name ``<method>_<shots>shot_seed<seed>``. MONAI's ``MLFlowHandler`` sets no 
 (``method``, ``task``, ``shots``, ``seed``, ``encoder``) are set afterwards with ``MlflowClient.set_tag``
 on the newest run of that name.
 
+Published checkpoints (``common.networks.published.PUBLISHED``) enter the matrix by name and file:
+:func:`published_encoder` converts one once into ``<work_dir>/published/<name>/encoder.pt`` (the collection's
+encoder file, :func:`~common.networks.published.export_published_encoder`), reuses it when the published
+name, file hash and configuration are the same and refuses it when they differ.
+
 Few-shot splits (``data_lists/multiorgan_ct.json``): a 1-shot cell uses ``training_1shot_seed<seed>``.
 Only two training volumes exist, so every 2-shot split is the same set of both volumes and the datalist
 has ``training_2shot_seed0`` only: for ``shots=2`` the seed changes the training randomness (the bundle's
@@ -25,14 +30,28 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from monai.bundle import run
 
 from ..bundle import bundle_root
+from ..data.fetch import sha256sum
+from ..networks.pretrained import read_encoder_file
+from ..networks.published import export_published_encoder, published_entry
 from .heldout import DATALIST, SEGMENTATION_BUNDLE, finetune_and_evaluate
 
-__all__ = ["CELL_FIELDS", "ORGANS", "cell_name", "datalist_key", "pretrain_ssl", "run_cell", "sqlite_uri"]
+__all__ = [
+    "CELL_FIELDS",
+    "ORGANS",
+    "PUBLISHED_SPEC_KEYS",
+    "cell_name",
+    "datalist_key",
+    "pretrain_ssl",
+    "published_encoder",
+    "run_cell",
+    "sqlite_uri",
+]
 
 #: organs reported beside the mean Dice (the largest abdominal organs of the class list).
 ORGANS = ("liver", "spleen", "stomach")
@@ -83,6 +102,51 @@ def pretrain_ssl(
         save_interval=epochs,
     )
     return out / "models" / "encoder.pt"
+
+
+#: the keys of a published encoder's spec: ``published`` (a name of ``PUBLISHED``), ``file``, and optional
+#: ``config`` (overrides of the entry's constructor arguments, e.g. ``{"feature_size": 12}``).
+PUBLISHED_SPEC_KEYS = ("published", "file", "config")
+
+
+def published_encoder(name: str, spec: Mapping, work_dir: str | os.PathLike, feature_size: int) -> tuple:
+    """Convert the published Swin checkpoint of ``spec`` (:data:`PUBLISHED_SPEC_KEYS`) for the encoder
+    ``name`` into ``<work_dir>/published/<name>/encoder.pt``, once; returns ``(encoder file, record)`` with
+    the record ``{"published", "published_file", "published_sha256", "config"}`` (settings and MLflow tags).
+    The matrix fine-tunes a SwinUNETR of ``feature_size``: the entry's configuration updated by ``config``
+    must have it (a published SwinUNETR has 48), and a file that does not fit raises the loader's error."""
+    where = f"encoder {name!r} ({dict(spec)})"
+    if set(spec) - set(PUBLISHED_SPEC_KEYS) or not {"published", "file"} <= set(spec):
+        raise ValueError(f"{where}: a published encoder has the keys {PUBLISHED_SPEC_KEYS}, config optional")
+    entry = published_entry(spec["published"])
+    config = {**entry.config, **spec.get("config", {})}
+    if entry.encoder != "swin" or config.get("feature_size") != feature_size:
+        raise ValueError(
+            f"{where}: the matrix fine-tunes a SwinUNETR of feature_size {feature_size}; "
+            f"{spec['published']!r} builds {entry.encoder!r} with {config} (set 'config': "
+            f"{{'feature_size': {feature_size}}} for a file of that size)"
+        )
+    file = Path(spec["file"])
+    if not file.is_file():
+        raise FileNotFoundError(f"{where}: no file {file}")
+    record = {
+        "published": spec["published"],
+        "published_file": str(file),
+        "published_sha256": sha256sum(file),
+        "config": dict(spec.get("config", {})),
+    }
+    out = Path(work_dir) / "published" / name / "encoder.pt"
+    if out.is_file():
+        _, meta = read_encoder_file(out)
+        old = {k: meta.get(k) for k in ("published", "published_sha256", "encoder_config")}
+        new = {"published": record["published"], "published_sha256": record["published_sha256"]}
+        if old != {**new, "encoder_config": config}:
+            raise ValueError(
+                f"{out}: encoder {name!r} was converted from {old}, not {new} with {config}; "
+                "use a new --work_dir or the same file to resume"
+            )
+        return out, record
+    return export_published_encoder(spec["published"], file, out, **spec.get("config", {})), record
 
 
 def sqlite_uri(path: str | os.PathLike) -> str:
@@ -144,12 +208,13 @@ def run_cell(
     learning_rate: float,
     roi_size: tuple[int, int, int] | list[int] = (64, 64, 32),
     num_samples: int = 2,
+    tags: Mapping | None = None,
 ) -> dict:
     """Fine-tune ``multiorgan_ct_segmentation`` (SwinUNETR) from ``encoder`` (``None``: from scratch) on
     the ``shots``-shot split for ``seed``, score the held-out subject, and return the results row
     (:data:`CELL_FIELDS`). Checkpoints and the prediction go under ``<work_dir>/<cell>/``; the training
     curves go to ``tracking_uri`` (experiment ``multiorgan_ct_segmentation``, run ``<cell>``, tagged
-    ``method``/``task``/``shots``/``seed``/``encoder``)."""
+    ``method``/``task``/``shots``/``seed``/``encoder`` and ``tags``)."""
     task = SEGMENTATION_BUNDLE
     name = cell_name(method, shots, seed)
     out = Path(work_dir) / name
@@ -180,7 +245,14 @@ def run_cell(
         tracking_uri,
         task,
         name,
-        {"method": method, "task": task, "shots": shots, "seed": seed, "encoder": encoder_text},
+        {
+            "method": method,
+            "task": task,
+            "shots": shots,
+            "seed": seed,
+            "encoder": encoder_text,
+            **(tags or {}),
+        },
     )
     return {
         "cell": name,
