@@ -53,6 +53,15 @@ def radiograph(tmp_path_factory):
     return dicom, jpg
 
 
+def trains(bundle, datalist, root, work, **overrides):
+    """The generator's datalist starts the bundle's training (one smoke epoch through MONAI's ConfigWorkflow,
+    the bundle's own datalist checks included) and a checkpoint is written."""
+    ckpt = bc.train_smoke(
+        BUNDLES / bundle, work, datalist_file=str(datalist), dataset_dir=str(root), **overrides
+    )
+    assert ckpt.is_file()
+
+
 def link(path, target):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.symlink_to(target)
@@ -199,13 +208,21 @@ def test_msd_keeps_4d_brats_channels_and_holds_out_validation(subject, tmp_path)
     meta = {"name": "BRATS", "description": "Gliomas", "labels": labels, "modality": modality}
     meta |= {"numTraining": 5, "numTest": 1, "training": training, "test": ["./imagesTs/BRATS_485.nii.gz"]}
     (root / "dataset.json").write_text(json.dumps(meta))
-    data = make_datalist("msd", root, val_fraction=0.2, seed=1)
+    data = make_datalist("msd", root, tmp_path / "msd.json", val_fraction=0.2, seed=1)
     assert (len(data["training"]), len(data["validation"])) == (4, 1)
     assert data["modality"] == modality and data["labels"] == labels
     assert data["test"] == [{"image": "imagesTs/BRATS_485.nii.gz"}]
     assert nib.load(root / data["training"][0]["image"]).shape[-1] == 4
     assert data["class_maps"]["suprem_ct"]["annotated"] == []  # brain tumour classes: none of SuPreM's
     assert make_datalist("msd", root, val_fraction=0.2, seed=1) == data  # seeded
+    trains(
+        "multiorgan_ct_segmentation",
+        tmp_path / "msd.json",
+        root,
+        tmp_path / "run",
+        in_channels=4,
+        num_classes=4,
+    )
     meta["numTraining"] = 6
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="numTraining is 6"):
@@ -228,7 +245,8 @@ def test_amos_splits_ct_from_mri_by_case_id(subject, tmp_path):
     labels = {"0": "background", **{str(i + 1): n for i, n in enumerate([*names, "prostate/uterus"])}}
     label = dataset_label(subject, {int(k): v for k, v in labels.items() if k != "0"}, tmp_path / "l.nii.gz")
     meta = {"name": "AMOS", "labels": labels, "modality": {"0": "CT"}, "training": [], "validation": []}
-    for key, folder, ids in (("training", "Tr", (1, 507)), ("validation", "Va", (8,))):
+    # two CT training cases: suprem_pretrain's smoke run trains on the second (its sources mix)
+    for key, folder, ids in (("training", "Tr", (1, 2, 507)), ("validation", "Va", (8,))):
         for n in ids:
             link(root / f"images{folder}/amos_{n:04d}.nii.gz", subject[0])
             link(root / f"labels{folder}/amos_{n:04d}.nii.gz", label)
@@ -239,12 +257,17 @@ def test_amos_splits_ct_from_mri_by_case_id(subject, tmp_path):
                 }
             )
     (root / "dataset.json").write_text(json.dumps(meta))
-    data = make_datalist("amos", root, target="suprem_ct")
-    assert [i["subject"] for i in data["training"]] == ["amos_0001"]
+    data = make_datalist("amos", root, tmp_path / "amos.json", target="suprem_ct")
+    assert [i["subject"] for i in data["training"]] == ["amos_0001", "amos_0002"]
     assert data["validation"][0]["label"] == "medfm_labels/amos22_suprem_ct/amos_0008.nii.gz"
-    assert [i["modality"] for i in make_datalist("amos", root, modality="all")["training"]] == ["CT", "MRI"]
+    assert [i["modality"] for i in make_datalist("amos", root, modality="all")["training"]] == [
+        "CT",
+        "CT",
+        "MRI",
+    ]
     annotated = data["sources"]["amos22"]["annotated"]
     assert "duodenum" in annotated and "aorta" in annotated and "prostate" not in annotated
+    trains("suprem_pretrain", tmp_path / "amos.json", root, tmp_path / "run")
 
 
 def test_flare22_labels_map_by_name(subject, tmp_path):
@@ -253,10 +276,11 @@ def test_flare22_labels_map_by_name(subject, tmp_path):
     for n in range(1, 6):
         link(root / f"images/FLARE22_Tr_{n:04d}_0000.nii.gz", subject[0])
         link(root / f"labels/FLARE22_Tr_{n:04d}.nii.gz", label)
-    data = make_datalist("flare22", root, target="multiorgan_ct")
+    data = make_datalist("flare22", root, tmp_path / "flare22.json", target="multiorgan_ct")
     assert (len(data["training"]), len(data["validation"])) == (4, 1)
     assert data["class_maps"]["multiorgan_ct"]["id_map"]["1"] == MULTIORGAN_CT_CLASSES.index("liver")
     assert data["class_maps"]["suprem_ct"]["id_map"]["6"] == SUPREM_CLASSES.index("postcava")
+    trains("multiorgan_ct_segmentation", tmp_path / "flare22.json", root, tmp_path / "run")
 
 
 def abdomenatlas_tree(root, subject):
@@ -294,7 +318,8 @@ def test_totalsegmentator_meta_csv_split_and_lobes_merged(subject, tmp_path):
     root = tmp_path / "Totalsegmentator_dataset_v201"
     _, seg, affine, ts_names = subject
     rows = []
-    for sid, split in (("s0000", "train"), ("s0001", "val")):
+    # two training subjects: suprem_pretrain's smoke run trains on the second (its sources mix)
+    for sid, split in (("s0000", "train"), ("s0001", "val"), ("s0002", "train")):
         link(root / sid / "ct.nii.gz", subject[0])
         (root / sid / "segmentations").mkdir()
         for ts_id, name in ts_names.items():
@@ -314,12 +339,13 @@ def test_totalsegmentator_meta_csv_split_and_lobes_merged(subject, tmp_path):
         "scanner_model",
     ]
     write_csv(root / "meta.csv", [*header, "kvp", "pathology", "pathology_location"], rows, delimiter=";")
-    data = make_datalist("totalsegmentator", root, target="suprem_ct")
+    data = make_datalist("totalsegmentator", root, tmp_path / "ts.json", target="suprem_ct")
     assert "v2" in data["description"] and len(data["dataset_labels"]) == len(ts_names) + 1 == 118
-    assert [len(data[k]) for k in ("training", "validation", "test")] == [1, 1, 0]
+    assert [len(data[k]) for k in ("training", "validation", "test")] == [2, 1, 0]
     merged = np.asanyarray(nib.load(root / data["training"][0]["label"]).dataobj)
     lobes = np.isin(seg, [i for i, n in ts_names.items() if n.startswith("lung_") and n.endswith("_left")])
     assert lobes.any() and np.all(merged[lobes] == SUPREM_CLASSES.index("lung_left"))
+    trains("suprem_pretrain", tmp_path / "ts.json", root, tmp_path / "run")
     own = make_datalist("totalsegmentator", root)  # no target: the dataset's own 117 ids
     relabelled = np.asanyarray(nib.load(root / own["training"][0]["label"]).dataobj)
     liver = [int(i) for i, n in own["labels"].items() if n == "liver"]
@@ -393,7 +419,7 @@ def test_chestxray14_official_split_and_patient_wise_validation(radiograph, tmp_
     write_csv(root / "Data_Entry_2017.csv", header, rows)
     (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     (root / "test_list.txt").write_text("00000004_000.png\n")
-    data = make_datalist("chestxray14", root, val_fraction=0.25)
+    data = make_datalist("chestxray14", root, tmp_path / "nih.json", val_fraction=0.25)
     assert (len(data["training"]), len(data["validation"]), len(data["test"])) == (3, 1, 1)
     first = next(i for i in data["training"] + data["validation"] if i["subject"] == "0")
     assert first["image"] == "images_001/images/00000000_000.png"
@@ -402,6 +428,7 @@ def test_chestxray14_official_split_and_patient_wise_validation(radiograph, tmp_
         "Effusion",
     ]
     assert sum(data["test"][0]["findings"]) == 0
+    trains("radiograph_classification", tmp_path / "nih.json", root, tmp_path / "run", multilabel=True)
 
 
 def test_vindr_cxr_merges_three_readers_by_majority(radiograph, tmp_path):
@@ -431,6 +458,7 @@ def test_vindr_cxr_merges_three_readers_by_majority(radiograph, tmp_path):
     any_reader = make_datalist("vindr_cxr", root, merge="any", val_fraction=0, convert=False)["training"][0]
     assert any_reader["findings"] == [1, 1, 1, 0] and any_reader["image"] == "train/abc.dicom"
     assert data["test"][0]["findings"] == [0, 0, 0, 1] and data["finding_names"] == names
+    trains("radiograph_classification", out, root, tmp_path / "run", multilabel=True, val_datalist_key="test")
 
 
 def test_mimic_cxr_joins_split_metadata_and_labeller(radiograph, tmp_path):
@@ -462,13 +490,15 @@ def test_mimic_cxr_joins_split_metadata_and_labeller(radiograph, tmp_path):
             ["11000011", "51000001", *[""] * 14],
         ],
     )
-    data = make_datalist("mimic_cxr", root, uncertain="zeros")
+    data = make_datalist("mimic_cxr", root, tmp_path / "mimic.json", uncertain="zeros")
     assert [i["image"] for i in data["training"]] == [
         "files/p10/p10000032/s50414267/d1.jpg"
     ]  # lateral left out
     assert data["training"][0]["findings"][CHEXPERT_FINDINGS.index("Edema")] == 0
     assert data["training"][0]["findings"][CHEXPERT_FINDINGS.index("Pneumonia")] == 1
     assert len(data["test"]) == 1 and data["validation"] == []
+    overrides = {"multilabel": True, "val_datalist_key": "test"}
+    trains("radiograph_classification", tmp_path / "mimic.json", root, tmp_path / "run", **overrides)
     with pytest.raises(FileNotFoundError, match="mimic-cxr-2.0.0-negbio.csv"):
         make_datalist("mimic_cxr", root, labeller="negbio")
 
