@@ -4,7 +4,8 @@ SuPreM (Li et al., ICLR 2024) also judges its supervised pre-trained 3D segmenta
 their encoder alone tells tumour from non-tumour regions (ROC AUC of a classifier on encoder features).
 :func:`encoder_features` gives that representation for the three MONAI architectures of
 ``common.networks.segmenter``: the deepest encoder feature map, global-average-pooled to one vector per
-input.
+input. :class:`PooledFeatureMaps` gives the same pooled view to the convolutional encoders of the
+collection.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from monai.networks.blocks.activation_checkpointing import ActivationCheckpointW
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from torch import nn
+
+
+class PooledFeatureMaps:
+    """Mixin for the convolutional encoders whose ``features(x)`` returns the maps of their levels:
+    ``forward`` is the last map averaged over space, ``tokens`` its positions as tokens; there is no [CLS]
+    token. (TorchScript compiles the inherited ``forward``.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[-1].flatten(2).mean(-1)
+
+    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
+        """``(None, last map as tokens (B, N, out_dim))``."""
+        return None, self.features(x)[-1].flatten(2).transpose(1, 2)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

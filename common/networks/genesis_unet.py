@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .features import PooledFeatureMaps
+
 BASE_WIDTH = 32
 LEVEL_NAMES = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
 UP_NAMES = ("up_tr256", "up_tr128", "up_tr64")
@@ -79,7 +81,7 @@ class UpLevel(nn.Module):
         return self.ops(torch.cat((self.up_conv(x), skip), dim=1))
 
 
-class GenesisEncoder(nn.Module):
+class GenesisEncoder(PooledFeatureMaps, nn.Module):
     """The down path of Models Genesis' U-Net (one input channel in the published weights).
 
     ``features(x)`` gives the four levels' outputs before pooling (widths 64, 128, 256, 512; strides 1, 2,
@@ -102,13 +104,6 @@ class GenesisEncoder(nn.Module):
         level128 = self.down_tr128(F.max_pool3d(level64, 2))
         level256 = self.down_tr256(F.max_pool3d(level128, 2))
         return [level64, level128, level256, self.down_tr512(F.max_pool3d(level256, 2))]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)[-1].flatten(2).mean(-1)
-
-    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """``(None, last level as tokens (B, N, 512))``."""
-        return None, self.features(x)[-1].flatten(2).transpose(1, 2)
 
 
 class GenesisUNet(GenesisEncoder):

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from .features import PooledFeatureMaps
+
 # nnssl's ResEnc-L (nnssl.architectures.architecture_registry.get_res_enc_l)
 RESENC_L = {
     "features_per_stage": (32, 64, 128, 256, 320, 320),
@@ -36,7 +38,7 @@ def residual_encoder_class() -> type[nn.Module]:
     return ResidualEncoder
 
 
-class ResEncEncoder(nn.Module):
+class ResEncEncoder(PooledFeatureMaps, nn.Module):
     """``ResidualEncoder`` (``spatial_dims`` 2 or 3) configured as in nnssl's ``ResidualEncoderUNet`` (kernel
     3, conv bias, affine instance norm with eps 1e-5, in-place LeakyReLU), with the encoder interface."""
 
@@ -81,10 +83,3 @@ class ResEncEncoder(nn.Module):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the stages (``ResidualEncoder`` with ``return_skips``)."""
         return self.encoder(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)[-1].flatten(2).mean(-1)
-
-    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """``(None, last stage as tokens (B, N, out_dim))``."""
-        return None, self.features(x)[-1].flatten(2).transpose(1, 2)

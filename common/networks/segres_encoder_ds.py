@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from monai.networks.nets.segresnet_ds import SegResEncoder
 
+from .features import PooledFeatureMaps
+
 CT_FM_BLOCKS_DOWN = (1, 2, 2, 4, 4)
 
 
-class SegResDSEncoder(SegResEncoder):
+class SegResDSEncoder(PooledFeatureMaps, SegResEncoder):
     """MONAI ``SegResEncoder`` (``spatial_dims`` 2 or 3) with the collection's encoder interface."""
 
     def __init__(
@@ -39,10 +41,3 @@ class SegResDSEncoder(SegResEncoder):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the levels (``SegResEncoder._forward`` without a head)."""
         return self._forward(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)[-1].flatten(2).mean(-1)
-
-    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """``(None, last level as tokens (B, N, out_dim))``."""
-        return None, self.features(x)[-1].flatten(2).transpose(1, 2)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import SegResNet
 
+from .features import PooledFeatureMaps
+
 BLOCKS_DOWN = (1, 2, 2, 4)
 
 
-class SegResNetEncoder(SegResNet):
+class SegResNetEncoder(PooledFeatureMaps, SegResNet):
     """SegResNet without its up-sampling path (``spatial_dims`` 2 or 3)."""
 
     def __init__(self, in_channels: int = 1, spatial_dims: int = 3, init_filters: int = 16) -> None:
@@ -32,10 +34,3 @@ class SegResNetEncoder(SegResNet):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.encode(x)[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)[-1].flatten(2).mean(-1)
-
-    def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """``(None, last level as tokens (B, N, out_dim))``."""
-        return None, self.features(x)[-1].flatten(2).transpose(1, 2)
