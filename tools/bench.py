@@ -40,14 +40,21 @@ the machine). Measured, never asserted: the aims above are for reading the table
 
     python tools/bench.py                                   # every bundle, 5 repeats (make bench)
     python tools/bench.py --only simmim,multiorgan --repeats 1 --warmup 0
+
+``python tools/bench.py options`` (:func:`options`) measures the network-level switches of issue 21 side by
+side instead: MONAI's SwinUNETR eager against fused window attention, and a U-Net and a SegResNet in the
+default layout against channels-last, one training step (forward, cross-entropy, backward, AdamW) per
+member per repeat, interleaved; it writes ``<out>/options.md``.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import gc
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -67,6 +74,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.bundle import REPO_ROOT
 from common.bundle_checks import config_path, list_bundles, smoke_overrides
 from common.data.prepare import prepare_all
+from common.networks import build_segmenter
+from common.networks.fused_attention import use_fused_attention
+from common.networks.memory_format import use_channels_last
 
 # (csv column, Markdown header, format); the ratios are the columns named a-e.
 COLUMNS = (
@@ -357,5 +367,84 @@ def main(
     return str(md_path)
 
 
+def option_step(network: torch.nn.Module, size: int) -> Callable[[], None]:
+    """One training step of ``network`` on a fixed random ``size``^3 crop: forward, cross-entropy against a
+    fixed random 2-class label, backward, AdamW step."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, size, size, size)
+    label = torch.randint(0, 2, (1, size, size, size))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    network.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(network(x), label).backward()
+        optimizer.step()
+
+    return step
+
+
+def options(
+    sizes: str | Sequence[int] = "64,96",
+    swin_feature_size: int = 24,
+    conv_feature_size: int = 16,
+    repeats: int = 3,
+    warmup: int = 1,
+    out: str = str(REPO_ROOT / "runs" / "bench"),
+) -> str:
+    """Issue 21's network options against today's path, interleaved in one run, at each crop size of
+    ``sizes``: SwinUNETR (``swin_feature_size``) eager vs fused attention, U-Net and SegResNet
+    (``conv_feature_size``) default layout vs channels-last. Both members of a pair start from the same
+    weights. Writes ``<out>/options.md`` (s/step, ratio baseline/option: > 1 means the option is faster)
+    and returns its path."""
+    sizes = [int(v) for v in (sizes.split(",") if isinstance(sizes, str) else sizes)]
+    cases = (  # (network, option, builder, how the option is applied)
+        ("SwinUNETR", "fused attention", ("swinunetr", swin_feature_size), use_fused_attention),
+        ("U-Net", "channels_last_3d", ("unet", conv_feature_size), use_channels_last),
+        ("SegResNet", "channels_last_3d", ("segresnet", conv_feature_size), use_channels_last),
+    )
+    started = time.perf_counter()
+    rows = []
+    for size in sizes:
+        for name, option, (arch, feature_size), apply in cases:
+            torch.manual_seed(0)
+            baseline = build_segmenter(arch, 1, 2, feature_size=feature_size)
+            optioned = copy.deepcopy(baseline)
+            apply(optioned)
+            label = f"{name} fs {feature_size} {size}^3"
+            print(f"{label}: default vs {option}", flush=True)
+            times = interleaved(
+                label,
+                {"default": option_step(baseline, size), "option": option_step(optioned, size)},
+                repeats,
+                warmup,
+            )
+            rows.append(
+                (label, option, times["default"], times["option"], times["default"] / times["option"])
+            )
+            del baseline, optioned
+            gc.collect()
+    lines = [
+        f"# bench options, {date.today().isoformat()}",
+        "",
+        f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"one training step (fwd + cross-entropy + bwd + AdamW), batch 1; {repeats} interleaved repeats "
+        f"after {warmup} warm-up, medians; {(time.perf_counter() - started) / 60:.1f} min.",
+        "",
+        "| network, crop | option | default s/step | option s/step | default/option |",
+        "|---|---|---|---|---|",
+        *(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | **{r[4]:.3f}** |" for r in rows),
+    ]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / "options.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    print(md_path.read_text(), flush=True)
+    return str(md_path)
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    if sys.argv[1:2] == ["options"]:
+        fire.Fire(options, command=sys.argv[2:])
+    else:
+        fire.Fire(main)

@@ -12,6 +12,7 @@ from .encoders import ENCODERS, build_encoder, encoder_from_file
 from .genesis_unet import GenesisEncoder, GenesisUNet
 from .heads import DINOHead, mlp
 from .nnssl import nnssl_adaptation
+from .options import network_options
 from .peft import apply_bitfit, apply_lora, apply_peft, merge_lora, trainable_share
 from .pretrained import (
     EncoderLoadError,
@@ -40,6 +41,7 @@ __all__ = [
     "SegResDSEncoder",
     "load_published",
     "nnssl_adaptation",
+    "network_options",
     "ENCODERS",
     "ConvNeXt",
     "EncoderClassifier",

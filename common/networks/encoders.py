@@ -34,6 +34,7 @@ from torch import nn
 
 from .convnext import ConvNeXt
 from .genesis_unet import GenesisEncoder
+from .options import network_options
 from .pretrained import EncoderLoadError, load_encoder, read_encoder_file
 from .published import PUBLISHED, load_published
 from .resenc_encoder import ResEncEncoder
@@ -61,6 +62,8 @@ def build_encoder(
     pretrained_encoder: str | os.PathLike | None = None,
     *,
     weights: str | os.PathLike | None = None,
+    fused_attention: bool = False,
+    channels_last: bool = False,
     **config,
 ) -> nn.Module:
     """``ENCODERS[name](**config)``, loaded from the encoder file ``pretrained_encoder`` (or ``weights``, the
@@ -69,7 +72,10 @@ def build_encoder(
 
     ``name`` may also be a published checkpoint (a name of ``PUBLISHED``): its encoder is built with the
     entry's configuration updated by ``config`` and the file is loaded with its key mapping
-    (:func:`~common.networks.published.load_published`)."""
+    (:func:`~common.networks.published.load_published`).
+
+    ``fused_attention`` / ``channels_last``: performance switches, same weights and outputs
+    (:func:`~common.networks.options.network_options`); off by default, not part of the encoder's config."""
     if pretrained_encoder and weights:
         raise ValueError("build_encoder: give the weights file as pretrained_encoder or weights, not both")
     path = pretrained_encoder or weights
@@ -78,7 +84,7 @@ def build_encoder(
         encoder = ENCODERS[entry.encoder](**{**entry.config, **config})
         if path:
             load_published(encoder, path, name)
-        return encoder
+        return network_options(encoder, fused_attention, channels_last, encoder.spatial_dims)
     if name not in ENCODERS:
         raise ValueError(
             f"unknown encoder {name!r}; choose an encoder of {sorted(ENCODERS)} or a published checkpoint of "
@@ -87,7 +93,7 @@ def build_encoder(
     encoder = ENCODERS[name](**config)
     if path:
         load_encoder(encoder, path)
-    return encoder
+    return network_options(encoder, fused_attention, channels_last, encoder.spatial_dims)
 
 
 def encoder_spec(meta: Mapping, path: str | os.PathLike = "<meta>") -> tuple[str, dict]:

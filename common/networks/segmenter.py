@@ -17,6 +17,7 @@ from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from .encoder_decoder import build_encoder_segmenter
+from .options import network_options
 from .pretrained import load_encoder
 from .swin import TOTAL_STRIDE
 from .transfer import load_network_except_output
@@ -37,6 +38,8 @@ def build_segmenter(
     use_checkpoint: bool = False,
     dropout_path_rate: float = 0.0,
     pretrained_network: str | os.PathLike | None = None,
+    fused_attention: bool = False,
+    channels_last: bool = False,
 ) -> nn.Module:
     """Build a segmenter; with ``pretrained_encoder``, its Swin encoder starts from that file.
 
@@ -54,6 +57,8 @@ def build_segmenter(
         pretrained_network: checkpoint of a whole network of the same arch and size (any class count):
             every layer but the output layer is loaded from it, the output layer keeps its fresh
             initialisation (``common.networks.transfer.load_network_except_output``).
+        fused_attention, channels_last: performance switches, same weights and outputs
+            (``common.networks.options.network_options``); off by default.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown segmenter arch {arch!r}; choose one of {ARCHITECTURES}")
@@ -110,7 +115,7 @@ def build_segmenter(
             load_encoder(net.swinViT, pretrained_encoder)
     if pretrained_network:
         load_network_except_output(net, pretrained_network)
-    return net
+    return network_options(net, fused_attention, channels_last, spatial_dims)
 
 
 def swin_encoder(net: nn.Module) -> nn.Module:
