@@ -30,9 +30,10 @@ monailabel-env:
 demo: data
 	$(PY) tools/demo.py
 
-# The small benchmark matrix (SimMIM, SwinUNETR-SSL, scratch × 1, 2 shots × 3 seeds) and its report.
+# The small benchmark study (tools/studies/benchmark_small.json: SimMIM, SwinUNETR-SSL, scratch × 1, 2 shots
+# × 3 seeds) and its report; resumable: a finished cell is never rerun.
 benchmark: data
-	$(PY) tools/benchmark.py
+	$(PY) -m common.study run tools/studies/benchmark_small.json --report
 
 # Performance benchmarks of every bundle at its smoke size: runs/bench/bench.md and bench.csv (see README).
 bench: data

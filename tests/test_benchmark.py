@@ -1,80 +1,53 @@
-"""A micro benchmark matrix through the real path: scratch + one ready encoder, 1 shot, 1 seed, 1 epoch."""
+"""The small benchmark study (``tools/studies/benchmark_small.json``, ``make benchmark``) at a micro size
+through the real path: scratch + one ready Swin encoder file, 1 shot, 1 seed, 1 epoch, then its report
+with every section (statistics, per-organ Dice, curves from MLflow, CKA, embeddings + retrieval, patch PCA,
+lesion classification, cross-task ranks)."""
 
-import csv
-import importlib.util
+import json
 import math
 import re
-
-import pytest
 
 from common.bundle import REPO_ROOT
 from common.evaluation.curves import read_metric_histories
 from common.networks import SwinEncoder, save_encoder
+from common.study import build_report, run_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BENCHMARK = REPO_ROOT / "tools" / "studies" / "benchmark_small.json"
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO_ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def micro_benchmark(encoder) -> dict:
+    """``benchmark_small.json`` with a ready encoder file instead of the pre-training steps, at 1 epoch."""
+    study = json.loads(BENCHMARK.read_text())
+    study["steps"] = {}
+    study["encoders"] = {"scratch": {}, "random": {"file": str(encoder)}}
+    study["tasks"]["seg"]["overrides"].update(max_epochs=1, val_interval=1, num_samples=1)
+    study["matrix"] = [{"tasks": ["seg"], "encoders": ["scratch", "random"], "shots": ["1"], "seeds": [0]}]
+    return study
 
 
-def _rows(path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_micro_matrix_resumes(prepared_data, tmp_path):
+def test_micro_benchmark_study_and_report(prepared_data, tmp_path):
     encoder = save_encoder(SwinEncoder(feature_size=12), tmp_path / "random_encoder.pt", method="random")
+    study = tmp_path / "benchmark_micro.json"
+    study.write_text(json.dumps(micro_benchmark(encoder)))
     work_dir = tmp_path / "bench"
-    kwargs = dict(
-        methods=[],
-        encoders={"random": str(encoder)},
-        shots=[1],
-        seeds=[0],
-        work_dir=str(work_dir),
-        feature_size=12,
-        pixdim=4.0,
-        roi_size=[64, 64, 32],
-        num_samples=1,
-        finetune_epochs=1,
-    )
-    main = _benchmark_module().main
-    main(**kwargs, report=False)
+    record = run_study(study, jobs=2, work_dir=work_dir)
 
-    rows = _rows(work_dir / "results.csv")
-    assert [r["cell"] for r in rows] == ["scratch_1shot_seed0", "random_1shot_seed0"]
-    for row in rows:
-        assert math.isfinite(float(row["mean_dice"])), row
-        assert row["task"] == "multiorgan_ct_segmentation" and row["shots"] == "1" and row["seed"] == "0"
-    assert rows[0]["encoder"] == "" and rows[1]["encoder"] == str(encoder)
-
-    db = work_dir / "mlruns.db"
-    runs = read_metric_histories(
-        db, tags_filter={"task": "multiorgan_ct_segmentation", "shots": 1, "seed": 0}
-    )
-    assert sorted(r["tags"]["method"] for r in runs) == ["random", "scratch"]
-    assert {r["run_id"] for r in runs} == {row["run_id"] for row in rows}
-    assert {r["run_name"] for r in runs} == {"scratch_1shot_seed0", "random_1shot_seed0"}
+    cells = sorted(record["cells"].values(), key=lambda c: c["encoder"], reverse=True)
+    assert [c["name"] for c in cells] == ["seg.scratch.1shot.seed0", "seg.random.1shot.seed0"]
+    for cell in cells:
+        assert cell["status"] == "done" and math.isfinite(cell["metrics"]["mean_dice"]), cell
+        assert set(cell["metrics"]) == {"mean_dice", "liver", "spleen", "stomach"}
+    assert cells[0]["encoder_file"] is None and cells[1]["encoder_file"] == str(encoder.resolve())
+    runs = read_metric_histories(work_dir / "mlruns.db", tags_filter={"task": "seg", "shots": 1, "seed": 0})
+    assert sorted(r["tags"]["encoder"] for r in runs) == ["random", "scratch"]
+    assert {r["run_id"] for r in runs} == {c["run_id"] for c in cells}
     assert all(r["histories"]["train_loss"] for r in runs)
 
-    table = (work_dir / "results.md").read_text()
-    assert "| cell |" in table and "scratch_1shot_seed0" in table and "random_1shot_seed0" in table
-
-    # a second invocation finds every cell done: no new row, no new MLflow run; it writes the report
-    main(**kwargs)
-    assert _rows(work_dir / "results.csv") == rows
-    assert len(read_metric_histories(db, metrics=[])) == 2
-    _check_report(work_dir / "report" / "report.md", rows)
-
-    # resuming with sizes that change what a cell computes is refused, naming the file and the key
-    with pytest.raises(ValueError, match=r"settings\.json.*finetune_epochs: 1 -> 2"):
-        main(**{**kwargs, "finetune_epochs": 2})
+    _check_report(build_report(study, work_dir), cells)
 
 
-def _check_report(report, rows):
+def _check_report(report, cells):
     """Every section is there, every figure link points at a PNG next to the report, and the main table
     holds the cells' values."""
     text = report.read_text()
@@ -101,5 +74,5 @@ def _check_report(report, rows):
     )
     for _, target in links:
         assert (report.parent / target).read_bytes()[:8] == PNG_MAGIC, target
-    for row in rows:  # n = 1 seed: mean = the cell's value, sd undefined
-        assert f"| {row['method']} | 1 | 1 | {float(row['mean_dice']):.3f} ± n/a |" in text
+    for cell in cells:  # n = 1 seed: mean = the cell's value, sd undefined
+        assert f"| {cell['encoder']} | 1 | 1 | {cell['metrics']['mean_dice']:.3f} ± n/a |" in text

@@ -1,19 +1,20 @@
-"""The benchmark matrix scores published checkpoints like its own encoders: two published-layout files with
-random weights (MONAI's SwinUNETR self-supervised ``model_swinvit.pt`` layout and SuPreM's ``{"net":
-{"module.backbone.*"}}`` layout) and scratch, 1 shot, 1 seed, 1 epoch, through ``monai.bundle``."""
+"""A study scores published checkpoints like its own encoders: two published-layout files with random
+weights (MONAI's SwinUNETR self-supervised ``model_swinvit.pt`` layout and SuPreM's ``{"net":
+{"module.backbone.*"}}`` layout) and scratch, 1 shot, 1 seed, 1 epoch of the micro benchmark study
+(``tests/test_benchmark.py``), through ``monai.bundle``."""
 
-import csv
+import json
 
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
-from test_benchmark import _benchmark_module
+from test_benchmark import micro_benchmark
 
 from common.data.fetch import sha256sum
-from common.evaluation.benchmark_report import read_settings
 from common.evaluation.curves import read_metric_histories
 from common.networks import EncoderLoadError, encoder_from_file, read_encoder_file
 from common.networks.published import export_published_encoder
+from common.study import load_study, run_study
 
 
 def _published_files(tmp_path):
@@ -44,8 +45,17 @@ def test_export_published_encoder_gives_an_encoder_file(tmp_path):
     assert meta["published_sha256"] == sha256sum(ssl_file) and meta["published_file"] == str(ssl_file)
 
 
+def _study(tmp_path, encoders: dict):
+    study = micro_benchmark(tmp_path / "unused.pt")
+    study["encoders"] = {"scratch": {}, **encoders}
+    study["matrix"][0]["encoders"] = list(study["encoders"])
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps(study))
+    return path
+
+
 @pytest.mark.slow
-def test_matrix_with_published_checkpoints(prepared_data, tmp_path):
+def test_study_with_published_checkpoints(prepared_data, tmp_path):
     ssl_file, suprem_file, expected = _published_files(tmp_path)
     small = {"feature_size": 12}
     encoders = {
@@ -53,37 +63,20 @@ def test_matrix_with_published_checkpoints(prepared_data, tmp_path):
         "suprem": {"published": "suprem_swinunetr", "file": str(suprem_file), "config": small},
     }
     work_dir = tmp_path / "bench"
-    kwargs = dict(
-        methods=[],
-        encoders=encoders,
-        shots=[1],
-        seeds=[0],
-        work_dir=str(work_dir),
-        feature_size=12,
-        pixdim=4.0,
-        roi_size=[64, 64, 32],
-        num_samples=1,
-        finetune_epochs=1,
-        report=False,
-    )
-    main = _benchmark_module().main
-    main(**kwargs)
+    record = run_study(_study(tmp_path, encoders), jobs=2, work_dir=work_dir)
 
-    with (work_dir / "results.csv").open(newline="") as f:
-        rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert list(rows) == ["scratch", "monai_ssl", "suprem"]
-    runs = {r["tags"]["method"]: r for r in read_metric_histories(work_dir / "mlruns.db", metrics=[])}
-    settings = read_settings(work_dir)["encoders"]
+    cells = {c["encoder"]: c for c in record["cells"].values()}
+    assert sorted(cells) == ["monai_ssl", "scratch", "suprem"]
+    runs = {r["tags"]["encoder"]: r for r in read_metric_histories(work_dir / "mlruns.db", metrics=[])}
     for name, file, published in (
         ("monai_ssl", ssl_file, "swinunetr_ssl"),
         ("suprem", suprem_file, "suprem_swinunetr"),
     ):
-        converted = work_dir / "published" / name / "encoder.pt"
-        assert rows[name]["encoder"] == str(converted) and rows[name]["mean_dice"] != ""
+        converted = cells[name]["encoder_file"]
+        assert cells[name]["status"] == "done" and converted.startswith(str(work_dir / "published" / name))
         tags = runs[name]["tags"]
-        assert tags["encoder"] == str(converted) and runs[name]["run_id"] == rows[name]["run_id"]
+        assert tags["encoder_file"] == converted and runs[name]["run_id"] == cells[name]["run_id"]
         assert (tags["published"], tags["published_sha256"]) == (published, sha256sum(file))
-        assert settings[name]["published_sha256"] == sha256sum(file)
         # the fine-tuned cell started from the published weights: the converted file holds them
         state, meta = read_encoder_file(converted)
         assert (meta["published"], meta["encoder"], meta["encoder_config"]["feature_size"]) == (
@@ -95,14 +88,19 @@ def test_matrix_with_published_checkpoints(prepared_data, tmp_path):
         assert all(torch.equal(state[k], v) for k, v in expected[name].items())
     assert "published" not in runs["scratch"]["tags"]
 
-    # resuming with another file for a published name is refused, naming the converted file
+    # another file for a published name is another cell (and another converted file), never a silent mix
     other = {**encoders, "monai_ssl": {**encoders["monai_ssl"], "file": str(suprem_file)}}
-    with pytest.raises(ValueError, match=r"monai_ssl.encoder\.pt: encoder 'monai_ssl' was converted from"):
-        main(**{**kwargs, "encoders": other})
-    # without the explicit size the matrix says which config key to set; a file of another layout or size
-    # gives the loader's error naming the file
+    old = {c.id for c in load_study(_study(tmp_path, encoders), work_dir).cells}
+    new = {c.name: c for c in load_study(_study(tmp_path, other), work_dir).cells}
+    assert new["seg.monai_ssl.1shot.seed0"].id not in old and new["seg.suprem.1shot.seed0"].id in old
+    assert new["seg.monai_ssl.1shot.seed0"].spec["encoder_file"] != cells["monai_ssl"]["encoder_file"]
+    # without the explicit size the runner says which config key to set; a file of another layout or
+    # size gives the loader's error naming the file
     with pytest.raises(ValueError, match=r"feature_size 12.*'swinunetr_ssl'.*'feature_size': 12"):
-        main(**{**kwargs, "encoders": {"big": {"published": "swinunetr_ssl", "file": str(ssl_file)}}})
+        run_study(
+            _study(tmp_path, {"big": {"published": "swinunetr_ssl", "file": str(ssl_file)}}),
+            work_dir=work_dir,
+        )
     with pytest.raises(EncoderLoadError, match=r"model_swinvit\.pt: published checkpoint 'suprem_swinunetr'"):
         wrong = {"published": "suprem_swinunetr", "file": str(ssl_file), "config": small}
-        main(**{**kwargs, "encoders": {"x": wrong}})
+        run_study(_study(tmp_path, {"x": wrong}), work_dir=work_dir)

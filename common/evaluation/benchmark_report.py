@@ -1,41 +1,32 @@
-"""The Markdown report of a finished benchmark matrix (``tools/benchmark.py``), readable without MLflow.
+"""The encoder analyses of a study's report (:mod:`common.study.report`, section ``encoders``).
 
-:func:`build_report` reads a matrix folder -- ``settings.json`` (the sizes the cells ran with, written by
-:func:`write_settings`), ``results.csv`` (one row per cell, :data:`~common.evaluation.matrix.CELL_FIELDS`),
-``mlruns.db`` (the shared MLflow store), ``cells/<cell>/models/model_final.pt`` (fine-tuned networks) and the
-encoder files named in the CSV -- and writes ``report/report.md`` with these sections and figures:
+:func:`encoder_sections` takes the finished cells of a segmentation task of SwinUNETR encoders (rows with
+``method`` = the encoder's name, ``shots``, ``seed``, ``mean_dice``, ``encoder_file`` and the cell's folder
+``out``, whose ``models/model_final.pt`` is the fine-tuned network) and returns the report sections:
 
-1. held-out mean Dice per method and shot count: mean ± sd over seeds, percentile-bootstrap CI, Δ to
-   scratch, paired Wilcoxon and two-sample t-test p-values with significance markers
-   (:func:`~common.evaluation.report.results_table`), and the per-organ Dice;
-2. convergence curves: training loss per iteration and validation Dice per epoch, mean ± sd over seeds,
-   from MLflow (:func:`~common.evaluation.curves.convergence_curves`);
-3. layer-wise linear CKA between each pre-trained encoder and the encoder fine-tuned from it
+1. layer-wise linear CKA between each pre-trained encoder and the encoder fine-tuned from it
    (:func:`~common.evaluation.report.cka_figure`);
-4. t-SNE and PCA of organ-patch embeddings and zero-shot retrieval precision@K per encoder
+2. t-SNE and PCA of organ-patch embeddings and zero-shot retrieval precision@K per encoder
    (:func:`~common.evaluation.report.organ_embedding_figures`);
-5. patch-feature PCA as RGB of the held-out CT per encoder
+3. patch-feature PCA as RGB of the held-out CT per encoder
    (:func:`~common.evaluation.report.patch_pca_figure`);
-6. lesion classification from each frozen encoder (:func:`~common.evaluation.lesions.lesion_classification`,
+4. lesion classification from each frozen encoder (:func:`~common.evaluation.lesions.lesion_classification`,
    leave-one-case-out ROC AUC);
-7. the cross-task rank plot: each encoder's mean rank over the segmentation settings versus over the two
+5. the cross-task rank plot: each encoder's mean rank over the segmentation settings versus over the two
    classification tasks (lesion AUC, organ retrieval precision@K)
    (:func:`~common.evaluation.curves.cross_task_rank_plot`).
 
-"scratch" appears in the encoder analyses as the randomly initialised Swin encoder (seeded), i.e. what
+:func:`organ_table` is the per-class table of the ``per_class`` section. "scratch" (an encoder without a
+file) appears in the encoder analyses as the randomly initialised Swin encoder (seeded), i.e. what
 training from scratch starts from.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -44,97 +35,33 @@ from monai.data import load_decathlon_datalist
 
 from ..bundle import class_names
 from ..data import dataset_dir
-from .heldout import DATALIST, SEGMENTATION_BUNDLE
-from .matrix import CELL_FIELDS, ORGANS
+from .heldout import DATALIST
+from .matrix import ORGANS
 from .report import _fmt
 
-__all__ = ["SETTINGS_FILE", "build_report", "read_results", "read_settings", "write_settings"]
+__all__ = ["encoder_sections", "organ_table"]
 
-SETTINGS_FILE = "settings.json"
-#: the settings that change what a cell computes: a resumed matrix must keep them.
-CELL_SETTINGS = (
-    "feature_size",
-    "pixdim",
-    "roi_size",
-    "num_samples",
-    "finetune_epochs",
-    "learning_rate",
-    "pretrain_epochs",
-    "pretrain_epoch_length",
-    "pretrain_learning_rate",
-)
 LESION_DATALIST = DATALIST.parent / "lesions.json"
-
-
-# ------------------------------------------------------------------ matrix folder
-
-
-def write_settings(work_dir: str | os.PathLike, settings: Mapping) -> Path:
-    """Write ``<work_dir>/settings.json``; when it exists, refuse settings that differ in
-    :data:`CELL_SETTINGS` (the finished cells were computed with the old ones) with a ValueError naming
-    the file and each changed key. The other entries (methods, shots, seeds) are updated."""
-    path = Path(work_dir) / SETTINGS_FILE
-    settings = json.loads(json.dumps(dict(settings)))  # tuples -> lists, as they read back
-    if path.is_file():
-        old = read_settings(work_dir)
-        changed = {k: (old.get(k), settings.get(k)) for k in CELL_SETTINGS if old.get(k) != settings.get(k)}
-        if changed:
-            text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(
-                f"{path}: this matrix was run with other settings ({text}); "
-                "use a new --work_dir or the same settings to resume"
-            )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_settings(work_dir: str | os.PathLike) -> dict:
-    """``<work_dir>/settings.json``, or a FileNotFoundError / ValueError naming the file."""
-    path = Path(work_dir) / SETTINGS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {work_dir} a matrix folder of tools/benchmark.py?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-
-
-def read_results(work_dir: str | os.PathLike) -> list[dict]:
-    """The rows of ``<work_dir>/results.csv``; errors name the file and what is missing."""
-    path = Path(work_dir) / "results.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run tools/benchmark.py --work_dir {work_dir} first")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [field for field in CELL_FIELDS if field not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{path} has no finished cells")
-    return rows
 
 
 def method_encoders(rows: Sequence[Mapping]) -> dict[str, Path | None]:
     """``{method: encoder file}`` in order of first appearance (``None`` for a method without one)."""
     out: dict[str, Path | None] = {}
     for row in rows:
-        path = str(row.get("encoder") or "").strip()
+        path = str(row.get("encoder_file") or "").strip()
         if row["method"] not in out or (out[row["method"]] is None and path):
             out[row["method"]] = Path(path) if path else None
     return out
 
 
-def finetuned_checkpoint(work_dir: str | os.PathLike, rows: Sequence[Mapping], method: str) -> Path | None:
+def finetuned_checkpoint(rows: Sequence[Mapping], method: str) -> Path | None:
     """The final checkpoint of ``method``'s cell with the most shots (lowest seed among them)."""
     cells = sorted(
         (row for row in rows if row["method"] == method),
         key=lambda row: (-int(row["shots"]), int(row["seed"])),
     )
     for row in cells:
-        path = Path(work_dir) / "cells" / row["cell"] / "models" / "model_final.pt"
+        path = Path(row["out"]) / "models" / "model_final.pt"
         if path.is_file():
             return path
     return None
@@ -212,38 +139,22 @@ def _image(caption: str, path: Path, folder: Path) -> str:
     return f"![{caption}]({figure_link(path, folder)})"
 
 
-def _convergence(work_dir: Path, rows: Sequence[Mapping], out: Path) -> Path:
-    from .curves import convergence_curves, read_metric_histories
-
-    run_ids = {row["run_id"] for row in rows}
-    histories = [
-        run
-        for run in read_metric_histories(work_dir / "mlruns.db", experiment_names=[SEGMENTATION_BUNDLE])
-        if run["run_id"] in run_ids
-    ]
-    return convergence_curves(
-        histories,
-        lambda run: f"{run['tags']['method']}, {run['tags']['shots']}-shot",
-        out,
-        smooth={"train_loss": 3},
-        title="Fine-tuning on the few-shot splits (mean ± sd over seeds)",
-    )
-
-
-def build_report(
-    work_dir: str | os.PathLike = "runs/benchmark",
-    baseline: str = "scratch",
+def encoder_sections(
+    rows: Sequence[Mapping],
+    out: str | os.PathLike,
+    feature_size: int,
+    pixdim: float,
     seed: int = 0,
     patches_per_organ: int = 6,
     lesion_patches_per_class: int = 8,
     cka_crops: int = 4,
     k: int = 5,
-) -> Path:
-    """Write ``<work_dir>/report/report.md`` and its figures from a finished matrix; returns its path.
+) -> list[tuple[str, str]]:
+    """The report sections of the encoder analyses (see the module docstring), figures under ``out``.
 
     ``patches_per_organ`` (organ embeddings), ``lesion_patches_per_class`` (lesion classification) and
-    ``cka_crops`` (64³ crops of the held-out CT for CKA) size the encoder analyses; ``seed`` fixes their
-    draws and the scratch encoder's initialisation; ``k`` is the retrieval precision@K.
+    ``cka_crops`` (64³ crops of the held-out CT for CKA) size the analyses; ``seed`` fixes their draws and
+    the scratch encoder's initialisation; ``k`` is the retrieval precision@K.
     """
     from ..data.datalists import read_key
     from .curves import cross_task_rank_plot, mean_ranks
@@ -255,21 +166,15 @@ def build_report(
         organ_embedding_figures,
         patch_pca_figure,
         results_rows,
-        results_table,
-        write_report,
     )
 
     start = time.time()
-    work_dir = Path(work_dir)
-    settings = read_settings(work_dir)
-    rows = read_results(work_dir)
-    out = work_dir / "report"
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    feature_size, pixdim = int(settings["feature_size"]), float(settings["pixdim"])
     encoders = method_encoders(rows)
     missing = {m: str(p) for m, p in encoders.items() if p is not None and not p.is_file()}
     if missing:
-        raise FileNotFoundError(f"{work_dir / 'results.csv'}: encoder file(s) not found: {missing}")
+        raise FileNotFoundError(f"encoder file(s) of the cells not found: {missing}")
 
     def log(text: str) -> None:
         print(f"[report] {text} ({time.time() - start:.0f} s)", flush=True)
@@ -283,41 +188,14 @@ def build_report(
     cases = [load_labelled_ct(item, pixdim) for item in labelled]
     held_out = cases[-1]
     sections: list[tuple[str, str]] = []
-
-    # 1. results
-    seconds = sum(float(r["seconds"]) for r in rows)
-    setup = [
-        f"- task: `{SEGMENTATION_BUNDLE}` (SwinUNETR, feature size {feature_size}, {pixdim:g} mm, crops "
-        f"{settings['roi_size']}, {settings['finetune_epochs']} fine-tuning epochs), scored on the held-out "
-        f"subject ({labelled[-1].get('subject', 'test')}); pre-training: {settings['pretrain_epochs']} "
-        f"epoch(s) of {settings['pretrain_epoch_length']} iterations",
-        f"- encoders: {', '.join(encoders)}; shots: {sorted({int(r['shots']) for r in rows})}; seeds: "
-        f"{sorted({int(r['seed']) for r in rows})}; {len(rows)} cells, {seconds / 60:.1f} min of fine-tuning",
-        f"- report written {date.today().isoformat()} on {platform.machine()} "
-        f"({os.cpu_count()} CPUs), torch {torch.__version__}",
-    ]
-    sections.append(("Setup", "\n".join(setup)))
-    stats_note = (
-        f"Mean ± sd over seeds, 95 % percentile-bootstrap CI of the mean, Δ = mean − {baseline} mean at the "
-        "same shots; p: two-sided paired Wilcoxon signed-rank test over shared seeds and Student two-sample "
-        "t-test, markers * p ≤ 0.05, ** ≤ 0.01, *** ≤ 0.001, ns otherwise. With 3 seeds the exact Wilcoxon "
-        "p cannot fall below 0.25."
-    )
-    sections.append(("Held-out mean Dice", results_table(rows, baseline=baseline) + "\n" + stats_note))
-    sections.append(("Per-organ Dice (mean ± sd over seeds)", organ_table(rows)))
-    records = results_rows(rows, baseline=baseline)
-
-    # 2. convergence
-    log("convergence curves")
-    curves = _convergence(work_dir, rows, out / "convergence.png")
-    sections.append(("Convergence", _image("convergence curves", curves, out)))
+    records = results_rows(rows)
 
     # 3. CKA
     log("CKA")
     inputs = foreground_crops(*held_out, roi=64, n=cka_crops, seed=seed)
     cka_rows, cka_images = [], []
     for method, path in encoders.items():
-        checkpoint = finetuned_checkpoint(work_dir, rows, method)
+        checkpoint = finetuned_checkpoint(rows, method)
         if path is None or checkpoint is None:
             continue
         values = cka_figure(
@@ -429,6 +307,5 @@ def build_report(
         body = "Needs at least two encoders with results at every shot count."
     sections.append(("Cross-task ranking", body))
 
-    report = write_report(out / "report.md", sections, {}, title=f"Benchmark report: {work_dir.name}")
-    log(f"wrote {report}")
-    return report
+    log("encoder analyses done")
+    return sections

@@ -1,6 +1,6 @@
 """Running the collection's bundles from Python, in this process, through ``monai.bundle``'s
 :class:`~monai.bundle.ConfigWorkflow` (the same path as ``python -m monai.bundle run``), and reading back
-their metrics: what the transfer pipelines of ``tools/`` are made of.
+exporting a trained network: what the study runner's cells are made of (:mod:`common.study.execute`).
 
 Every run writes under its own ``work_dir`` (``ckpt_dir`` = ``work_dir/models``, ``output_dir`` =
 ``work_dir/eval``); nothing is written inside the bundle folders.
@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -29,10 +28,17 @@ def bundle_dir(bundle: str) -> Path:
 
 
 def workflow(
-    bundle: str, configs: Sequence[str], run_id: str, work_dir: str | os.PathLike, **overrides
+    bundle: str,
+    configs: Sequence[str],
+    run_id: str,
+    work_dir: str | os.PathLike,
+    tracking: str | None = None,
+    **overrides,
 ) -> ConfigWorkflow:
     """An initialised train-type workflow of ``bundle`` over ``configs`` (file names in its ``configs/``)
-    running ``run_id``, with ``ckpt_dir`` / ``output_dir`` under ``work_dir`` and ``overrides``."""
+    running ``run_id``, with ``ckpt_dir`` / ``output_dir`` under ``work_dir`` (unless ``overrides`` set them)
+    and ``overrides``;
+    ``tracking="mlflow"`` adds MONAI's MLflow handlers (settings as overrides: ``tracking_uri``...)."""
     root = bundle_dir(bundle)
     work_dir = Path(work_dir)
     flow = ConfigWorkflow(
@@ -40,37 +46,11 @@ def workflow(
         meta_file=str(root / "configs" / "metadata.json"),
         workflow_type="train",
         run_id=run_id,
-        ckpt_dir=str(work_dir / "models"),
-        output_dir=str(work_dir / "eval"),
-        **overrides,
+        tracking=tracking,
+        **{"ckpt_dir": str(work_dir / "models"), "output_dir": str(work_dir / "eval"), **overrides},
     )
     flow.initialize()
     return flow
-
-
-def train(bundle: str, work_dir: str | os.PathLike, **overrides) -> Path:
-    """Run ``bundle``'s ``training`` (``train.json``) and return its checkpoint folder."""
-    flow = workflow(bundle, ["train.json"], "training", work_dir, **overrides)
-    flow.run()
-    flow.finalize()
-    return Path(work_dir) / "models"
-
-
-def evaluate(bundle: str, work_dir: str | os.PathLike, metric: str, **overrides) -> dict[str, float]:
-    """Run ``bundle``'s ``evaluating`` (``train.json`` + ``evaluate.json``: the best checkpoint of
-    ``work_dir/models`` on the test key) and return the evaluator's metrics (``metric`` and its relatives
-    such as ``<metric>_dice``)."""
-    flow = workflow(bundle, ["train.json", "evaluate.json"], "evaluating", work_dir, **overrides)
-    flow.run()
-    metrics = dict(flow.parser.get_parsed_content("validate#evaluator").state.metrics)
-    flow.finalize()
-    if metric not in metrics:
-        raise KeyError(f"{bundle}: evaluation produced no {metric!r} (metrics: {sorted(metrics)})")
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float, np.generic, np.ndarray, torch.Tensor))
-    }
 
 
 def export_torchscript(
