@@ -15,6 +15,8 @@ from common.networks import save_encoder
 from common.networks.swin import SwinEncoder
 from common.ssl.coda import Coda
 from common.ssl.leader import LeADER, load_teacher
+from common.transforms import coda_transforms
+from common.transforms.radiographs import FullViewd
 
 
 def naive_supcon(z, labels, tau, num_anchors, denominator):
@@ -35,15 +37,23 @@ def naive_supcon(z, labels, tau, num_anchors, denominator):
 
 
 @pytest.mark.parametrize("denominator", ["negatives", "all"])
-def test_supcon_matches_a_double_loop_with_a_single_member_organ(denominator):
+def test_supcon_anchors_every_row_of_the_multi_viewed_batch_as_eq_1_says(denominator):
+    """Eq. 1 holds "for any sample x_i within the multi-viewed batch": the B student rows and the B teacher
+    rows are all anchors (default); ``num_anchors=B`` is the student-only option. Checked against the
+    double loop, on a multi-viewed batch of 4 samples (organ 2 has one sample: its two rows are each
+    other's only positive)."""
     torch.manual_seed(0)
-    z = torch.randn(7, 5, dtype=torch.float64)
-    labels = torch.tensor([0, 0, 1, 1, 1, 2, 0])  # organ 2 has one member: its anchor is skipped
+    student, teacher = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    z, labels = torch.cat([student, teacher]), torch.tensor([0, 0, 1, 2] * 2)
     got = supervised_contrastive_loss(z, labels, temperature=0.5, denominator=denominator)
-    assert got.item() == pytest.approx(naive_supcon(z, labels, 0.5, 7, denominator), rel=1e-6)
-    # anchors are the first rows only (Coda: the student's view), every row is a candidate
-    got = supervised_contrastive_loss(z, labels, temperature=0.5, num_anchors=3, denominator=denominator)
-    assert got.item() == pytest.approx(naive_supcon(z, labels, 0.5, 3, denominator), rel=1e-6)
+    assert got.item() == pytest.approx(naive_supcon(z, labels, 0.5, 8, denominator), rel=1e-6)
+    student_only = supervised_contrastive_loss(z, labels, 0.5, num_anchors=4, denominator=denominator)
+    assert student_only.item() == pytest.approx(naive_supcon(z, labels, 0.5, 4, denominator), rel=1e-6)
+    assert student_only.item() != pytest.approx(got.item(), rel=1e-3)
+    # a single-member organ inside one view has no positive: that anchor is skipped, not NaN
+    single = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    got = supervised_contrastive_loss(z[:7], single, temperature=0.5, denominator=denominator)
+    assert got.item() == pytest.approx(naive_supcon(z[:7], single, 0.5, 7, denominator), rel=1e-6)
 
 
 def test_supcon_hand_worked_case():
@@ -90,6 +100,7 @@ def coda_batch():
     return {
         "global_0": torch.rand(4, 1, 64, 64),
         "global_1": torch.rand(4, 1, 64, 64),
+        "full": torch.rand(4, 1, 64, 64),
         "local_0": torch.rand(4, 1, 32, 32),
         "local_1": torch.rand(4, 1, 32, 32),
         "region_label": torch.tensor([0, 0, 1, 2]),
@@ -111,6 +122,94 @@ def test_coda_branches_and_frozen_teacher(inter, intra):
     assert coda.export_encoder() is coda.teacher_encoder
     with pytest.raises(ValueError, match="at least one branch"):
         Coda(tiny_encoder(), out_dim=32, use_inter=False, use_intra=False)
+
+
+def traced_coda(anchors: str) -> tuple[Coda, dict, dict]:
+    """A Coda forward with the inputs and outputs of its encoders and heads recorded by forward hooks."""
+    torch.manual_seed(0)
+    coda = Coda(tiny_encoder(), out_dim=32, hidden_dim=16, bottleneck_dim=8, anchors=anchors)
+    calls: dict[str, list] = {}
+    names = ("encoder", "teacher_encoder", "org_head", "teacher_org_head", "teacher_ins_head")
+    for name in names:
+        getattr(coda, name).register_forward_hook(
+            lambda _, args, out, name=name: calls.setdefault(name, []).append((args[0], out))
+        )
+    return coda, calls, coda(coda_batch())
+
+
+@pytest.mark.parametrize("anchors", ["all", "student"])
+def test_coda_inter_organ_anchors_are_the_paper_s_multi_viewed_batch(anchors):
+    """Eq. 1 at method level: the 2B rows (student h_org on ``global_0``, teacher h'_org on ``global_1``)
+    with the organ labels twice, every row an anchor (or the student's B rows only), equal to the double
+    loop; the teacher rows carry no gradient."""
+    coda, calls, losses = traced_coda(anchors)
+    batch = coda_batch()
+    ((student_in, student),) = [c for c in calls["encoder"] if c[0] is not None and c[0].shape[-1] == 64]
+    assert torch.equal(student_in, batch["global_0"])
+    ((_, student_z),), ((_, teacher_z),) = calls["org_head"], calls["teacher_org_head"]
+    assert not teacher_z.requires_grad and student_z.requires_grad
+    labels = batch["region_label"].repeat(2)
+    rows = torch.cat([student_z, teacher_z]).detach().double()
+    expected = naive_supcon(rows, labels, coda.temperature, 8 if anchors == "all" else 4, "negatives")
+    assert losses["inter"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="anchors"):
+        Coda(tiny_encoder(), out_dim=32, anchors="teacher")
+
+
+def test_coda_intra_organ_teacher_sees_the_augmented_full_image():
+    """Eq. 2: h'_ins reads the teacher encoder's features of the ``full`` view (not a global crop)."""
+    _, calls, _ = traced_coda("all")
+    batch = coda_batch()
+    teacher_inputs = [x for x, _ in calls["teacher_encoder"]]
+    assert len(teacher_inputs) == 2 and torch.equal(teacher_inputs[0], batch["global_1"])
+    assert torch.equal(teacher_inputs[1], batch["full"])
+    ((ins_in, _),) = calls["teacher_ins_head"]
+    assert torch.equal(ins_in, calls["teacher_encoder"][1][1])
+    coda = Coda(tiny_encoder(), out_dim=32, hidden_dim=16, bottleneck_dim=8, use_inter=False)
+    with pytest.raises(KeyError, match="'full'"):
+        coda({k: v for k, v in batch.items() if k != "full"})
+
+
+def test_coda_full_view_holds_the_whole_image_resized_and_padded():
+    """:class:`FullViewd`: a 40 x 120 image with a bright square in each corner keeps all four in its full
+    view (longer side 120 -> 64, the 21 rows centred in 64 by zero padding), under the augmentation."""
+    image = torch.zeros(1, 40, 120)
+    for rows in (slice(0, 8), slice(32, 40)):
+        for cols in (slice(0, 8), slice(112, 120)):
+            image[0, rows, cols] = 1.0
+    view = FullViewd("image", 64)
+    view.set_random_state(0)
+    out = view({"image": image})
+    full = out["full"][0]
+    assert out["full"].shape == (1, 64, 64) and torch.equal(out["image"], image), "the image is kept"
+    bright = (full > 0.5).nonzero()
+    assert bright[:, 1].min() <= 4 and bright[:, 1].max() >= 59, "both left and right corners"
+    assert 19 <= bright[:, 0].min() <= 24 and 40 <= bright[:, 0].max() <= 45, "rows centred, padded"
+    assert len({(bool(r < 32), bool(c < 32)) for r, c in bright.tolist()}) == 4, "all four corners"
+
+
+def test_coda_transforms_rotate_every_view(prepared_data):
+    """The paper's augmentations T include rotation: every view (full, globals, crops) is rotated when
+    ``rotation_prob`` is 1; with angle 0 the views are those without rotation (same random draws)."""
+    from monai.data import load_decathlon_datalist
+
+    from common.bundle import REPO_ROOT
+
+    datalist = REPO_ROOT / "data_lists" / "radiograph_pretrain.json"
+    item = load_decathlon_datalist(str(datalist), True, "training", str(prepared_data))[0]
+
+    def views(**rotation):
+        pipeline = coda_transforms(global_size=64, num_local=2, local_size=32, **rotation)
+        pipeline.set_random_state(3)
+        return {k: v for k, v in pipeline(item).items() if isinstance(v, torch.Tensor)}
+
+    plain, rotated = views(rotation_prob=0.0), views(rotation_prob=1.0, rotation_degrees=10.0)
+    zero_angle = views(rotation_prob=1.0, rotation_degrees=0.0)
+    assert set(plain) == {"full", "global_0", "global_1", "local_0", "local_1"}
+    for key in plain:
+        assert plain[key].dtype == torch.float32
+        assert not torch.allclose(plain[key], rotated[key], atol=1e-3), key
+        assert torch.allclose(plain[key], zero_angle[key], atol=1e-5), key
 
 
 class TinyTeacher(torch.nn.Module):

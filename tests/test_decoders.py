@@ -14,8 +14,10 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.transforms import AsDiscreted
 from torch import nn
 
+from common.bundle import REPO_ROOT
 from common.evaluation.overlap import DiceJaccardMetric, dice_jaccard, per_image_scores
-from common.networks.decoders import LinearDecoder, UNetDecoder, resize
+from common.networks import build_encoder
+from common.networks.decoders import LinearDecoder, UNetDecoder, decoder_blocks, resize, set_decoder_blocks
 from common.networks.encoder_decoder import EncoderDecoder, SliceWise, build_frozen_segmenter, feature_spec
 from common.networks.swin import SwinEncoder
 
@@ -369,3 +371,42 @@ def test_resize_keeps_a_map_already_at_the_size():
     x = torch.randn(1, 2, 4, 4, 4)
     assert resize(x, (4, 4, 4)) is x
     assert resize(x, (8, 6, 4)).shape == (1, 2, 8, 6, 4)
+
+
+VIT_CONFIG = {"in_channels": 1, "embed_dim": 24, "depth": 8, "num_heads": 3, "patch_size": 8, "img_size": 32}
+
+
+@pytest.mark.parametrize("choice,blocks", [("last", (4, 5, 6, 7)), ("spread", (1, 3, 5, 7))])
+def test_decoder_reads_the_vit_blocks_chosen_last_four_by_default(choice, blocks):
+    """DINOv2's decoders read the last four transformer blocks; "spread" keeps one block per quarter. The maps
+    the decoder receives are the normed patch tokens of exactly those blocks (read by forward hooks)."""
+    config = ConfigParser.load_config_file(
+        str(REPO_ROOT / "bundles/radiograph_segmentation/configs/train.json")
+    )
+    assert config["decoder_blocks"] == "last" and config["network_def"]["decoder_blocks"] == "@decoder_blocks"
+    torch.manual_seed(0)
+    vit = build_encoder("vit", **VIT_CONFIG)
+    assert vit.feature_blocks == (1, 3, 5, 7)  # the ViT's own default: a spread
+    args = {} if choice == "last" else {"decoder_blocks": choice}
+    model = build_frozen_segmenter(vit, NUM_CLASSES, "unet", spatial_size=(32, 32), **args).eval()
+    assert vit.feature_blocks == decoder_blocks(8, choice) == blocks
+    outputs = []
+    for block in vit.blocks:
+        block.register_forward_hook(lambda module, args, out: outputs.append(out))
+    received = []
+    model.decoder.register_forward_pre_hook(lambda module, args: received.extend(args[0]))
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, NUM_CLASSES, 32, 32)
+        expected = [vit._patches(vit.norm(outputs[b])).transpose(1, 2).reshape(2, 24, 4, 4) for b in blocks]
+    assert len(received) == 4 and all(torch.equal(r, e) for r, e in zip(received, expected, strict=True))
+
+
+def test_decoder_blocks_leave_pyramids_alone_and_name_bad_choices():
+    pyramid = PyramidStandIn(2)
+    assert set_decoder_blocks(pyramid, "last") is pyramid and not hasattr(pyramid, "feature_blocks")
+    assert decoder_blocks(12) == (8, 9, 10, 11) and decoder_blocks(12, "spread") == (2, 5, 8, 11)
+    with pytest.raises(ValueError, match="decoder_blocks must be one of"):
+        build_frozen_segmenter(PyramidStandIn(2), NUM_CLASSES, spatial_size=(64, 64), decoder_blocks="first")
+    with pytest.raises(ValueError, match="fewer than 4"):
+        decoder_blocks(3)

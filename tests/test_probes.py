@@ -71,7 +71,7 @@ def test_knn_multilabel_equals_the_loop_reference():
     g = torch.Generator().manual_seed(1)
     train, test = torch.randn(25, 4, generator=g), torch.randn(6, 4, generator=g)
     labels = torch.randint(0, 2, (25, 3), generator=g)
-    scores = knn_predict(train, labels, test, k=4, temperature=0.1)
+    scores = knn_predict(train, labels, test, k=4, temperature=0.1, multilabel="weighted")
     assert torch.allclose(scores, knn_reference(train, labels, test, 4, 0.1).float(), rtol=1e-5)
     assert ((scores >= 0) & (scores <= 1)).all()
 
@@ -85,7 +85,14 @@ def test_knn_hand_worked_four_points():
     assert torch.allclose(two, torch.tensor([[math.exp(4 / r5), math.exp(2 / r5), 0.0]]))
     three = knn_predict(train, labels, query, k=3, temperature=0.5)
     assert torch.allclose(three, torch.tensor([[math.exp(4 / r5) + math.exp(-2 / r5), math.exp(2 / r5)]]))
-    multi = knn_predict(train, torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]]), query, k=2, temperature=0.5)
+    multi = knn_predict(
+        train,
+        torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]]),
+        query,
+        k=2,
+        temperature=0.5,
+        multilabel="weighted",
+    )
     w0, w1 = math.exp(4 / r5), math.exp(2 / r5)
     assert torch.allclose(multi, torch.tensor([[1.0, w1 / (w0 + w1)]]))
 

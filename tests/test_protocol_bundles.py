@@ -143,7 +143,7 @@ def test_leader_distils_a_trained_classifier_and_a_coda_encoder(prepared_data, t
     state = torch.load(tmp_path / "leader" / "models" / "model.pt", map_location="cpu", weights_only=True)[
         "model"
     ]
-    assert state["disease_head.2.weight"].shape[0] == 2  # the classifier's two regions
+    assert state["disease_head.2.weight"].shape[0] == 64  # the classifier's embedding (E_D), not its 2 logits
     assert state["anatomy_head.2.weight"].shape[0] == 64  # the smoke Coda ConvNeXt's width
     weights = trained_weights(
         "radiograph_classification",

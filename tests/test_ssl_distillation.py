@@ -11,8 +11,10 @@ import torch
 from common.losses.dino import DINOLoss, sharpened_targets
 from common.losses.ibot import IBOTPatchLoss
 from common.ssl.dino import DINO
-from common.ssl.ibot import IBOT, token_mask
+from common.ssl.ibot import IBOT
+from common.ssl.masking import token_mask
 from common.ssl.smit import SMIT
+from common.transforms.masking import upsample_mask
 
 TOL = 1e-6
 
@@ -202,23 +204,58 @@ def test_ibot_patch_center_update_follows_its_formula():
 # ---------------------------------------------------------------- masks
 
 
-def test_token_mask_follows_the_32_voxel_blocks():
+def test_token_mask_follows_the_voxel_blocks():
     patch_mask = torch.zeros(1, 32, 16, 16, dtype=torch.bool)  # a 64 x 32 x 32 input
     patch_mask[:, 16:] = True
-    assert token_mask(patch_mask).tolist() == [[False, True]]
+    assert token_mask(patch_mask, stride=32).tolist() == [[False, True]]
+    patch_mask[:, 8:16, 8:] = True  # the second 16-voxel cell along x, the upper half along y
+    expected = [[i >= 2 or (i == 1 and j == 1) for i in range(4) for j in range(2) for k in range(2)]]
+    assert (
+        token_mask(patch_mask).tolist() == expected
+    )  # stride 16 by default, C order over the 4 x 2 x 2 grid
 
 
-def test_ibot_mask_ratio_and_probability():
+@pytest.mark.parametrize("size", [64, 96])
+def test_ibot_mask_ratio_and_probability(size):
     method = IBOT(feature_size=12, out_dim=16, hidden_dim=8, bottleneck_dim=8, mask_ratio=(0.5, 0.5))
-    x = torch.zeros(3, 1, 64, 64, 64)
+    x = torch.zeros(3, 1, size, size, size)
     method.mask_probability = 0.0
     assert not method.draw_mask(x).any()
     method.mask_probability = 1.0
     mask = method.draw_mask(x)
-    assert mask.shape == (3, 32, 32, 32)
-    assert token_mask(mask).sum(1).tolist() == [4, 4, 4]  # half of the 2 x 2 x 2 tokens of each image
-    with pytest.raises(ValueError, match="multiple of 32"):
-        IBOT(feature_size=12, out_dim=16, hidden_dim=8, bottleneck_dim=8, mask_patch_size=16)
+    assert mask.shape == (3, size // 2, size // 2, size // 2)
+    cells = (size // 16) ** 3  # 64 stride-16 tokens at 64³, 216 at 96³
+    assert token_mask(mask).shape == (3, cells)
+    assert token_mask(mask).sum(1).tolist() == [cells // 2] * 3
+    # each 16-voxel cell (8 patch-embedding cells per axis) is masked whole
+    assert torch.equal(upsample_mask(token_mask(mask).view(3, *[size // 16] * 3), 8), mask)
+    with pytest.raises(ValueError, match="multiple of the token stride 16"):
+        IBOT(feature_size=12, out_dim=16, hidden_dim=8, bottleneck_dim=8, mask_patch_size=8)
+
+
+@pytest.mark.parametrize("build", [IBOT, SMIT], ids=["ibot", "smit"])
+def test_patch_distillation_on_the_stride_16_tokens(build):
+    """At 64³: the patch loss gets 4³ = 64 tokens per view from the student's and the teacher's
+    stride-16 stage, and the token masks of the drawn patch mask."""
+    torch.manual_seed(0)
+    method = build(**TINY, **({"mask_ratio": (0.5, 0.5), "mask_probability": 1.0} if build is IBOT else {}))
+    method.teacher_temp = 0.04
+    calls, stage_maps = [], []
+    method.patch_criterion.register_forward_pre_hook(lambda module, args: calls.append(args))
+    for encoder in (method.encoder, method.teacher_encoder):
+        encoder.layers3[0].register_forward_hook(lambda module, args, out: stage_maps.append(out))
+    g = torch.Generator().manual_seed(0)
+    batch = {f"global_{i}": torch.rand(1, 1, 64, 64, 64, generator=g) for i in range(2)}
+    torch.manual_seed(1)
+    method(batch)
+    torch.manual_seed(1)  # the same mask again
+    expected_mask = token_mask(method.draw_mask(torch.cat([batch["global_0"], batch["global_1"]])))
+    student, teacher, masks, _ = calls[0]
+    assert [s.shape for s in student] == [(1, 64, 64)] * 2 and [t.shape for t in teacher] == [(1, 64, 64)] * 2
+    assert torch.equal(torch.cat(masks), expected_mask)
+    assert expected_mask.sum(1).tolist() == ([32, 32] if build is IBOT else [45, 45])  # 0.5 / 0.7 of 64
+    assert [m.shape[2:] for m in stage_maps] == [(4, 4, 4)] * 2  # the student's and teacher's stride 16
+    assert method.patch_projection.in_features == method.encoder.feature_channels[3] == 96
 
 
 # ---------------------------------------------------------------- methods
@@ -234,7 +271,7 @@ def _views(shape, num_global, num_local=0, seed=0):
 TINY = dict(feature_size=12, out_dim=64, hidden_dim=32, bottleneck_dim=16)
 CASES = {
     "dino": (lambda: DINO(**TINY), ((32, 32, 32), 2, 1), ("loss", "dino")),
-    # one of the two 32-voxel blocks of each 64 x 32 x 32 view is masked
+    # half of the 4 x 2 x 2 stride-16 tokens of each 64 x 32 x 32 view is masked
     "ibot": (
         lambda: IBOT(**TINY, mask_ratio=(0.5, 0.5), mask_probability=1.0),
         ((64, 32, 32), 2, 0),
@@ -284,13 +321,16 @@ def test_gradients_reach_the_student_and_not_the_teacher(trained_step):
 
 
 def test_teacher_follows_the_ema_formula(trained_step):
-    _, method, _, _ = trained_step
+    name, method, _, _ = trained_step
     with torch.no_grad():
         for p in method.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     pairs = method.teacher_pairs()
-    assert [t for t, _ in pairs] == [method.teacher_encoder, method.teacher_head]
+    teachers = [method.teacher_encoder, method.teacher_head]
+    if name != "dino":
+        teachers.insert(1, method.teacher_patch_projection)
+    assert [t for t, _ in pairs] == teachers
     before = [{k: v.clone() for k, v in t.named_parameters()} for t, _ in pairs]
     method.momentum = 0.9
     method.update_teacher()

@@ -13,7 +13,7 @@ from common.losses.mae import NORM_PIX_EPS, mae_loss, patchify
 from common.networks.swin import SwinEncoder, tokens
 from common.ssl.genesis import ModelsGenesis
 from common.ssl.mae import MAE
-from common.ssl.masking import patch_mask_for
+from common.ssl.masking import patch_mask_for, token_mask
 from common.transforms.genesis import (
     CORRUPTED_KEY,
     ModelsGenesisd,
@@ -231,38 +231,77 @@ def test_genesis_transforms_is_one_flat_compose():
 # ---------------------------------------------------------------- methods
 
 
-def test_mae_step_reaches_encoder_token_and_decoder():
+def _naive_masked_cell_loss(x, voxel_mask, pred, cell):
+    """MAE's loss written out: for every ``cell``-voxel cube whose voxels are all masked, the mean squared
+    error of the prediction against the cube's voxels (C order) normalised by their mean and unbiased
+    variance, averaged over those cubes."""
+    terms = []
+    b_size, _, *spatial = x.shape
+    grid = [s // cell for s in spatial]
+    for b in range(b_size):
+        for n, (i, j, k) in enumerate(itertools.product(*[range(g) for g in grid])):
+            box = (
+                slice(cell * i, cell * i + cell),
+                slice(cell * j, cell * j + cell),
+                slice(cell * k, cell * k + cell),
+            )
+            if not voxel_mask[(b, *box)].all():
+                assert not voxel_mask[(b, *box)].any(), "a cell is partly masked"
+                continue
+            voxels = x[(b, 0, *box)].flatten().double()
+            target = (voxels - voxels.mean()) / (voxels.var(unbiased=True) + NORM_PIX_EPS).sqrt()
+            terms.append(((pred[b, n].double() - target) ** 2).mean())
+    return torch.stack(terms).mean().item(), len(terms)
+
+
+def test_mae_step_predicts_the_masked_16_voxel_cells():
     torch.manual_seed(0)
     method = MAE(
         feature_size=12, decoder_dim=32, decoder_depth=1, decoder_num_heads=4, img_size=64, mask_ratio=0.5
     )
     predictions = []
     method.decoder.register_forward_hook(lambda module, inputs, output: predictions.append(output.detach()))
-    x = torch.rand(2, 1, 64, 32, 32)  # a 2 x 1 x 1 token grid, one token masked per sample
+    x = torch.rand(2, 1, 64, 32, 32)  # a 4 x 2 x 2 grid of 16-voxel cells, 8 of them masked per sample
     torch.manual_seed(1)
     losses = method({"global_0": x})
     assert set(losses) == {"loss", "reconstruction"} and torch.isfinite(losses["loss"])
-    torch.manual_seed(1)  # the same mask again, expanded to voxels: token n covers x[..., 32n:32n+32, :, :]
-    voxel_mask = upsample_mask(patch_mask_for(x, 0.5, 32), 2)
-    token_mask = torch.tensor(
-        [[bool(voxel_mask[b, 32 * n : 32 * n + 32].all()) for n in range(2)] for b in range(2)]
-    )
-    assert token_mask.sum(1).tolist() == [1, 1] and voxel_mask.sum().item() == 2 * 32**3
-    expected = mae_loss(predictions[0], patchify(x, 32), token_mask)
-    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert predictions[0].shape == (2, 16, 16**3)  # one prediction of 16³ voxels per cell
+    torch.manual_seed(1)  # the same mask again, expanded to voxels
+    voxel_mask = upsample_mask(patch_mask_for(x, 0.5, 16), 2)
+    assert voxel_mask.flatten(1).sum(1).tolist() == [8 * 16**3] * 2
+    expected, masked_cells = _naive_masked_cell_loss(x, voxel_mask, predictions[0], 16)
+    assert masked_cells == 16
+    assert losses["loss"].item() == pytest.approx(expected, rel=1e-5)
     losses["loss"].backward()
     assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.encoder.layers4[0].blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # the last stage learns
     assert method.mask_token.grad.abs().sum() > 0
     assert method.decoder.pos_embed.grad.abs().sum() > 0
     assert method.export_encoder() is method.encoder
-    with pytest.raises(ValueError, match="multiples of the token stride"):
-        MAE(feature_size=12, mask_patch_size=16)
+    with pytest.raises(ValueError, match="multiple of the token stride 16"):
+        MAE(feature_size=12, mask_patch_size=24)
+    with pytest.raises(ValueError, match="img_size 80"):
+        MAE(feature_size=12, img_size=80)
+
+
+def test_mae_shapes_at_64_and_96():
+    """Mask grid, masked cells and prediction shape at two view sizes (the decoder run on a stand-in
+    stride-32 map, so that no 96³ encoder pass is needed)."""
+    for size, cells, masked in ((64, 4**3, 48), (96, 6**3, 162)):
+        method = MAE(feature_size=12, decoder_dim=8, decoder_depth=1, decoder_num_heads=2, img_size=size)
+        assert method.decoder.pos_embed.shape == (1, 8, size // 16, size // 16, size // 16)
+        x = torch.zeros(2, 1, size, size, size)
+        mask = patch_mask_for(x, method.mask_ratio, method.mask_patch_size)
+        assert token_mask(mask).shape == (2, cells) and token_mask(mask).sum(1).tolist() == [masked] * 2
+        assert patchify(x, 16).shape == (2, cells, 16**3)
+        last_map = torch.rand(2, method.encoder.out_dim, size // 32, size // 32, size // 32)
+        assert method.decoder(last_map).shape == (2, cells, 16**3)
 
 
 def test_mae_position_embedding_adapts_to_the_grid():
     decoder = MAE(feature_size=12, decoder_dim=8, decoder_depth=1, decoder_num_heads=2, img_size=64).decoder
-    assert decoder.pos_embed.shape == (1, 8, 2, 2, 2)
-    assert torch.equal(decoder.position_embedding((2, 2, 2)), tokens(decoder.pos_embed))
+    assert decoder.pos_embed.shape == (1, 8, 4, 4, 4)
+    assert torch.equal(decoder.position_embedding((4, 4, 4)), tokens(decoder.pos_embed))
     with torch.no_grad():
         decoder.pos_embed.fill_(0.5)
     resized = decoder.position_embedding((3, 1, 4))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ignite.engine import Engine, Events
+from monai.engines import IterationEvents
 
+from ..networks.heads import DINOHead
 from ..networks.pretrained import save_encoder
 from ..ssl.base import unwrap
 from ..ssl.schedules import cosine, linear_warmup, warmup_cosine
@@ -85,6 +87,35 @@ class EMATeacherHandler:
         unwrap(engine.network).update_teacher()
 
 
+class FreezeLastLayerHandler:
+    """DINO's ``freeze_last_layer`` (Caron et al. 2021, reference code ``cancel_gradients_last_layer``;
+    iBOT's code does the same): during the first ``epochs`` epochs, the gradients of the weight-normalised
+    last layer of every :class:`~common.networks.heads.DINOHead` in the method are dropped (set to
+    ``None``) after the backward pass and the clipping, before the optimiser step, so that the optimiser
+    leaves that layer untouched (no update, no weight decay). ``epochs`` 0: never. Runs on the trainer's
+    ``IterationEvents.BACKWARD_COMPLETED``; a resumed run freezes by its restored epoch."""
+
+    def __init__(self, epochs: int = 1) -> None:
+        if epochs < 0:
+            raise ValueError(f"freeze_last_layer must be >= 0 epochs, got {epochs}")
+        self.epochs = epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    @staticmethod
+    def last_layer_parameters(method) -> list:
+        """The parameters of the last layer of every ``DINOHead`` in ``method`` (teachers' included: they
+        have no gradient)."""
+        heads = [m for m in unwrap(method).modules() if isinstance(m, DINOHead)]
+        return [p for head in heads for p in head.last_layer.parameters()]
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch <= self.epochs:
+            for p in self.last_layer_parameters(engine.network):
+                p.grad = None
+
+
 class EncoderExportHandler:
     """Writes the method's encoder (``SSLMethod.export_encoder``) to ``path`` as an encoder file, every
     ``interval`` epochs and when training completes; rank 0 only, atomically
@@ -147,15 +178,44 @@ class EpochLossTermsHandler:
 
 
 class LeADERStageHandler:
-    """Algorithm 1 of LeADER (papers/001): the method's ``stage`` is 1 (disease branch on images) for the
-    first ``stage1_epochs`` epochs and 2 (both branches on image/patch pairs) afterwards; set at the start of
-    each epoch, so a resumed run continues in the right stage."""
+    """Algorithm 1 of LeADER (papers/001): the method's ``stage`` is 1 (disease branch on whole images, lines
+    8-14) or 2 (both branches on image/patch pairs, lines 15-27), set at the start of each epoch, so a
+    resumed run continues in the right stage. By default the stages run as blocks: stage 1 for the first
+    ``stage1_epochs`` epochs, stage 2 afterwards; ``alternate_rounds``: Algorithm 1's rounds repeated, odd
+    epochs in stage 1 and even epochs in stage 2 (``stage1_epochs`` unused).
 
-    def __init__(self, stage1_epochs: int) -> None:
-        self.stage1_epochs = stage1_epochs
+    ``stage1_data`` / ``stage2_data`` (given together): each stage's data source (the image-only datalist
+    for stage 1, the image+patch one for stage 2), set on the trainer (``engine.set_data``) as the epoch
+    starts. An epoch keeps the trainer's ``epoch_length`` (Ignite restarts a shorter loader and stops a
+    longer one early); a loader's sampler with ``set_epoch`` (distributed runs) gets the epoch."""
+
+    def __init__(
+        self,
+        stage1_epochs: int,
+        alternate_rounds: bool = False,
+        stage1_data: Iterable | None = None,
+        stage2_data: Iterable | None = None,
+    ) -> None:
+        if (stage1_data is None) != (stage2_data is None):
+            raise ValueError("LeADERStageHandler: give both stage1_data and stage2_data, or neither")
+        self.stage1_epochs, self.alternate_rounds = stage1_epochs, alternate_rounds
+        self.data = None if stage1_data is None else {1: stage1_data, 2: stage2_data}
+
+    def stage(self, epoch: int) -> int:
+        """The stage of 1-based ``epoch``."""
+        if self.alternate_rounds:
+            return 1 if epoch % 2 else 2
+        return 1 if epoch <= self.stage1_epochs else 2
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        unwrap(engine.network).stage = 1 if engine.state.epoch <= self.stage1_epochs else 2
+        stage = self.stage(engine.state.epoch)
+        unwrap(engine.network).stage = stage
+        if self.data is not None:
+            loader = self.data[stage]
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(engine.state.epoch)
+            engine.set_data(loader)

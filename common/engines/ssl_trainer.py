@@ -3,7 +3,10 @@
 A method (``common.ssl``) maps a batch of views to a dict of named losses; :class:`SSLTrainer` does the
 rest of a step: move the views (a dict) to the device, call the method through the ``inferer`` (MONAI's
 ``SimpleInferer``: ``method(views)``), autocast (AMP) where asked, back-propagate ``"loss"``, clip the
-gradient norm and step the optimiser. Everything else (schedules, EMA teacher, checkpoints, encoder export,
+gradients (the global norm, or each parameter's norm as DINO's and iBOT's code do), fire
+``IterationEvents.BACKWARD_COMPLETED`` (where :class:`~common.engines.FreezeLastLayerHandler` drops the
+last layer's gradients, as DINO's ``cancel_gradients_last_layer`` does after clipping) and step the
+optimiser. Everything else (schedules, EMA teacher, checkpoints, encoder export,
 MLflow) is a handler; the trainer attaches one itself, :class:`~common.engines.NonFiniteLossGuard`, so every
 method stops on a non-finite loss, before its backward pass, naming the iteration and every term.
 """
@@ -17,6 +20,19 @@ from torch.nn.utils import clip_grad_norm_
 
 from .handlers import NonFiniteLossGuard
 
+CLIP_GRAD_MODES = ("global", "per_parameter")
+
+
+def clip_grad_per_parameter_(parameters, max_norm: float, eps: float = 1e-6) -> None:
+    """Scale each gradient ``g`` whose norm exceeds ``max_norm`` by ``max_norm / (||g||_2 + eps)``, each
+    parameter on its own (DINO's and iBOT's ``utils.clip_gradients``; Caron et al. 2021 clip at 3.0), in
+    place; parameters without a gradient are skipped."""
+    for p in parameters:
+        if p.grad is not None:
+            coef = max_norm / (p.grad.detach().norm(2) + eps)
+            if coef < 1:
+                p.grad.detach().mul_(coef)
+
 
 class SSLTrainer(Trainer):
     """``engine.state.output`` after each iteration: ``[{name: detached loss}]`` (``"loss"`` the total), a
@@ -25,6 +41,11 @@ class SSLTrainer(Trainer):
     Once the method has returned its losses the trainer sets ``engine.state.output`` to ``[losses]`` and
     fires ``IterationEvents.LOSS_COMPLETED`` (as MONAI's ``SupervisedTrainer`` does), where its
     :class:`~common.engines.NonFiniteLossGuard` checks them before the backward pass.
+
+    ``clip_grad_norm`` (``None`` or 0: no clipping) with ``clip_grad_mode`` ``"global"``: the norm of all
+    gradients together (``torch.nn.utils.clip_grad_norm_``); ``"per_parameter"``: each parameter's
+    gradient norm (:func:`clip_grad_per_parameter_`, DINO's and iBOT's code). Gradients are unscaled first
+    under AMP.
     """
 
     def __init__(
@@ -37,6 +58,7 @@ class SSLTrainer(Trainer):
         epoch_length: int | None = None,
         inferer: Inferer | None = None,
         clip_grad_norm: float | None = None,
+        clip_grad_mode: str = "global",
         amp: bool = False,
         train_handlers=None,
         non_blocking: bool = False,
@@ -54,7 +76,9 @@ class SSLTrainer(Trainer):
         self.network = network
         self.optimizer = optimizer
         self.inferer = inferer or SimpleInferer()
-        self.clip_grad_norm = clip_grad_norm
+        if clip_grad_mode not in CLIP_GRAD_MODES:
+            raise ValueError(f"clip_grad_mode must be one of {CLIP_GRAD_MODES}, got {clip_grad_mode!r}")
+        self.clip_grad_norm, self.clip_grad_mode = clip_grad_norm, clip_grad_mode
         self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp)
         NonFiniteLossGuard().attach(self)
 
@@ -73,7 +97,9 @@ class SSLTrainer(Trainer):
         engine.grad_scaler.scale(losses["loss"]).backward()
         if engine.clip_grad_norm:
             engine.grad_scaler.unscale_(engine.optimizer)
-            clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
+            clip = clip_grad_norm_ if engine.clip_grad_mode == "global" else clip_grad_per_parameter_
+            clip(engine.network.parameters(), engine.clip_grad_norm)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.grad_scaler.step(engine.optimizer)
         engine.grad_scaler.update()
         return [{k: v.detach().float() for k, v in losses.items()}]

@@ -4,7 +4,9 @@
   (:func:`extract_features`, views of :func:`common.networks.classifier.embed`); a 3D volume through a 2D
   encoder is the mean of its slice embeddings (:class:`common.networks.classifier.SliceAveragedEncoder`).
 - kNN on l2-normalised features (:func:`knn_predict`): the weighted vote of DINO (Caron et al. 2021) after
-  Wu et al. 2018, eq. 7: the k most cosine-similar training samples vote with weight ``exp(s / T)``.
+  Wu et al. 2018, eq. 7: the k most cosine-similar training samples vote with weight ``exp(s / T)``;
+  multi-label, ML-kNN (Zhang & Zhou 2007, :mod:`common.evaluation.mlknn`) as DINOv2-radiology uses it, the
+  weighted vote as an option.
 - Linear probing (:func:`linear_probe`): one linear layer on standardised features, hyper-parameters
   chosen on validation; :func:`choose_view` keeps [CLS] or [CLS]+mean patch, whichever validates better.
 - Metrics: AUROC (Mann-Whitney), its mean over classes (multi-label: one binary task per class; multi-class:
@@ -26,6 +28,9 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ..networks.classifier import embed
+from .mlknn import mlknn_predict
+
+MULTILABEL_KNN = ("mlknn", "weighted")
 
 
 def _as_tensor(values, dtype=None) -> torch.Tensor:
@@ -108,15 +113,20 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
+    multilabel: str = "mlknn",
 ) -> torch.Tensor:
-    """Weighted kNN class scores ``(N_test, C)`` on l2-normalised features (DINO's kNN, Wu et al. 2018).
+    """kNN class scores ``(N_test, C)`` on l2-normalised features.
 
-    For a test sample, the ``k`` training samples of highest cosine similarity ``s_j`` vote with weight
-    ``w_j = exp(s_j / T)``. Multi-class (``train_labels`` (N,)): ``score_c = sum_j w_j [y_j = c]``
-    (``C = num_classes``, default ``max(label) + 1``). Multi-label (``(N, C)`` 0/1, papers/004 uses a
-    neighbour-based multi-label kNN, Zhang & Zhou 2007): ``score_c = sum_j w_j y_jc / sum_j w_j``, the
+    Multi-class (``train_labels`` (N,)), DINO's weighted kNN (Wu et al. 2018): the ``k`` training samples
+    of highest cosine similarity ``s_j`` vote with weight ``w_j = exp(s_j / T)``,
+    ``score_c = sum_j w_j [y_j = c]`` (``C = num_classes``, default ``max(label) + 1``). Multi-label
+    (``(N, C)`` 0/1): ``multilabel="mlknn"`` (default), ML-kNN (Zhang & Zhou 2007, papers/004's reference
+    [55]; :func:`~common.evaluation.mlknn.mlknn_predict`, smoothing 1, ``temperature`` unused), the score is
+    each label's posterior probability; ``"weighted"``: ``score_c = sum_j w_j y_jc / sum_j w_j``, the
     weighted share of neighbours with class c. Test samples run ``chunk`` at a time.
     """
+    if multilabel not in MULTILABEL_KNN:
+        raise ValueError(f"multilabel must be one of {MULTILABEL_KNN}, got {multilabel!r}")
     train = nn.functional.normalize(_as_tensor(train_feats, torch.float64), dim=1)
     test = nn.functional.normalize(_as_tensor(test_feats, torch.float64), dim=1)
     labels = _as_tensor(train_labels)
@@ -129,6 +139,8 @@ def knn_predict(
     if not 1 <= k <= train.shape[0]:
         raise ValueError(f"k must be in [1, {train.shape[0]}] (the training set size), got {k}")
     if _is_multilabel(labels, "train_labels"):
+        if multilabel == "mlknn":
+            return mlknn_predict(train, labels, test, k).float()
         votes = labels.to(torch.float64)
     else:
         classes = int(labels.max()) + 1 if num_classes is None else num_classes

@@ -52,6 +52,7 @@ def run_probes(
     spatial_dims: int = 2,
     k: int = 20,
     temperature: float = 0.07,
+    knn_multilabel: str = "mlknn",
     shots: Sequence[int] = (1, 2, 4, 8),
     seeds: Sequence[int] = (0, 1, 2),
     subject_key: str = "subject",
@@ -63,8 +64,10 @@ def run_probes(
 
     Linear probing fits every available view (pooled; [CLS] and [CLS] + mean patch for encoders with a [CLS]
     token) and keeps the one with the best validation AUROC; kNN uses [CLS] where there is one, the pooled
-    embedding otherwise. Few-shot draws ``shots`` subjects per class (``subject_key``) per seed; a shot count
-    that some class cannot supply is reported as skipped with the reason. Returns the rows it writes."""
+    embedding otherwise, and for multi-label labels ``knn_multilabel`` (ML-kNN, or the ``"weighted"`` vote,
+    :func:`~common.evaluation.probes.knn_predict`). Few-shot draws ``shots`` subjects per class
+    (``subject_key``) per seed; a shot count that some class cannot supply is reported as skipped with the
+    reason. Returns the rows it writes."""
     encoder = encoder.to(device)
     items = {
         s: load_datalist(datalist_file, s, dataset_dir, spatial_dims=spatial_dims, label_key="")
@@ -78,7 +81,12 @@ def run_probes(
     knn_view = "cls" if "cls" in views else "pooled"
     rows = []
     knn = knn_predict(
-        features["training"][knn_view], labels["training"], features["test"][knn_view], k, temperature
+        features["training"][knn_view],
+        labels["training"],
+        features["test"][knn_view],
+        k,
+        temperature,
+        multilabel=knn_multilabel,
     )
     rows.append({"protocol": "knn", "view": knn_view, "k": k, **_scores(knn, labels["test"])})
     probes = {

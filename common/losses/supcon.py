@@ -34,8 +34,10 @@ def supervised_contrastive_loss(
         embeddings: ``(M, D)`` embeddings of the multi-viewed batch (normalised here).
         labels: ``(M,)`` integer organ labels.
         temperature: ``tau``.
-        num_anchors: the first ``num_anchors`` rows are the anchors (default: all rows); every row is a
-            candidate positive or negative, except the anchor itself.
+        num_anchors: the first ``num_anchors`` rows are the anchors (default: all rows, Coda's Eq. 1: "any
+            sample within the multi-viewed batch"; Coda's ``anchors="student"`` passes the student rows'
+            count); every row is a candidate positive or negative, except the anchor itself. Rows computed
+            without gradient (Coda's teacher rows) may be anchors: their terms pull the other rows.
         denominator: ``"negatives"`` (Coda, Eq. 1) or ``"all"`` (standard SupCon).
     """
     if denominator not in DENOMINATORS:

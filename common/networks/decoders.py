@@ -14,6 +14,10 @@ The paper segments organs with the encoder frozen and one of two decoders on its
 
 Both take the encoder's list of feature maps ``(B, C_i, *grid_i)`` (``encoder.features(x)``, see
 ``common.networks.encoders``) and the input's spatial size, use the last four maps and work in 2D and 3D.
+For a ViT the maps are block outputs, chosen by :func:`set_decoder_blocks`: the last four blocks by
+default, as DINOv2 does (Oquab et al. 2023, semantic segmentation: "the patch tokens of the 4 last layers";
+the U-Net's skips "from the previous four blocks"), or a spread over the depth (the last block of each
+quarter).
 The four maps may share one grid (a ViT: stride 14 or 16 for every block) or form a pyramid (Swin,
 ConvNeXt: strides 4, 8, 16, 32). Their ``forward`` (and the functions it calls) is TorchScript code:
 ``torch.jit.script`` compiles it, as ``monai.bundle ckpt_export`` does.
@@ -28,9 +32,41 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
+from .vit import default_feature_blocks
+
 # The decoders read the last four feature maps (the paper's "previous four blocks").
 NUM_SCALES = 4
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
+# Which transformer blocks a ViT's feature maps come from (:func:`decoder_blocks`).
+DECODER_BLOCKS = ("last", "spread")
+
+
+def _check_choice(choice: str) -> None:
+    if choice not in DECODER_BLOCKS:
+        raise ValueError(f"decoder_blocks must be one of {DECODER_BLOCKS}, got {choice!r}")
+
+
+def decoder_blocks(depth: int, choice: str = "last") -> tuple[int, ...]:
+    """The four block indices (of ``depth``) whose outputs feed a decoder: ``"last"``, the last four
+    (DINOv2's choice); ``"spread"``, the last block of each quarter of the depth
+    (:func:`~common.networks.vit.default_feature_blocks`, e.g. 2, 5, 8, 11 of 12)."""
+    _check_choice(choice)
+    if depth < NUM_SCALES:
+        raise ValueError(f"decoder_blocks: a depth of {depth} blocks has fewer than {NUM_SCALES}")
+    if choice == "spread":
+        return default_feature_blocks(depth)
+    return tuple(range(depth - NUM_SCALES, depth))
+
+
+def set_decoder_blocks(encoder: nn.Module, choice: str = "last") -> nn.Module:
+    """``encoder`` with its ``feature_blocks`` set to :func:`decoder_blocks` of its depth, for an encoder
+    whose feature maps are the outputs of transformer blocks (a ViT: attributes ``blocks`` and
+    ``feature_blocks``); a pyramid encoder (Swin, ConvNeXt, ...: one map per stage) is returned unchanged
+    (the choice is still checked)."""
+    _check_choice(choice)
+    if hasattr(encoder, "feature_blocks") and hasattr(encoder, "blocks"):
+        encoder.feature_blocks = decoder_blocks(len(encoder.blocks), choice)
+    return encoder
 
 
 def resize(x: torch.Tensor, size: list[int]) -> torch.Tensor:

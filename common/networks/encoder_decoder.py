@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .decoders import DECODERS
+from .decoders import DECODERS, set_decoder_blocks
 from .encoders import build_encoder
 
 
@@ -135,6 +135,7 @@ def build_frozen_segmenter(
     spatial_size: Sequence[int],
     in_channels: int = 1,
     slice_batch: int = 16,
+    decoder_blocks: str = "last",
     **decoder_args,
 ) -> EncoderDecoder | SliceWise:
     """A segmenter on ``encoder``: an :class:`EncoderDecoder` with a ``"linear"``
@@ -144,7 +145,8 @@ def build_frozen_segmenter(
     ``spatial_size`` is the input size; a 3-entry size with a 2D encoder means volumes segmented slice by
     slice along their last axis (:class:`SliceWise`, ``slice_batch`` slices at a time). ``in_channels`` and
     ``spatial_size`` are only used to read the feature channels of an encoder that does not declare them
-    (:func:`feature_spec`).
+    (:func:`feature_spec`). ``decoder_blocks``: which blocks of a ViT feed the decoder, ``"last"`` four
+    (DINOv2) or ``"spread"`` over the depth (:func:`~common.networks.decoders.set_decoder_blocks`).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
@@ -155,6 +157,7 @@ def build_frozen_segmenter(
             f"spatial_size {tuple(spatial_size)} does not fit a {dims}D encoder "
             "(give 2 entries for a 2D encoder on images or 3 for volumes segmented slice by slice)"
         )
+    set_decoder_blocks(encoder, decoder_blocks)
     channels = feature_spec(encoder, spatial_size[:dims], in_channels)
     head = DECODERS[decoder](channels, num_classes, spatial_dims=dims, **decoder_args)
     model = EncoderDecoder(encoder, head, freeze_encoder)
@@ -169,13 +172,21 @@ def build_encoder_segmenter(
     pretrained_encoder: str | os.PathLike | None = None,
     decoder: str = "unet",
     freeze_encoder: bool = False,
+    decoder_blocks: str = "last",
 ) -> EncoderDecoder | SliceWise:
     """:func:`build_frozen_segmenter` on the encoder
     ``build_encoder(encoder_name, pretrained_encoder, **encoder_config)``: the segmentation bundles'
     network. A pre-trained encoder with a random decoder is Coda's and LeADER's full transfer
-    (``freeze_encoder=False``) or DINOv2-radiology's frozen protocol (``True``)."""
+    (``freeze_encoder=False``) or DINOv2-radiology's frozen protocol (``True``); ``decoder_blocks`` as
+    :func:`build_frozen_segmenter`'s."""
     encoder = build_encoder(encoder_name, pretrained_encoder, **encoder_config)
     in_channels = encoder_config.get("in_channels", 1)
     return build_frozen_segmenter(
-        encoder, num_classes, decoder, freeze_encoder, spatial_size=spatial_size, in_channels=in_channels
+        encoder,
+        num_classes,
+        decoder,
+        freeze_encoder,
+        spatial_size=spatial_size,
+        in_channels=in_channels,
+        decoder_blocks=decoder_blocks,
     )

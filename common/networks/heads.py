@@ -23,11 +23,26 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def trunc_normal_init_(module: nn.Module, std: float = 0.02) -> None:
+    """A linear layer's weight drawn from a normal of std ``std`` truncated at +-2, its bias set to 0 (the
+    reference code of DINO, Caron et al. 2021: ``DINOHead._init_weights``); other modules are left as they
+    are. Meant for ``module.apply``."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class DINOHead(nn.Module):
     """DINO's projection head (Caron et al. 2021, Sec. 3.1 and App.): an MLP of ``num_layers`` layers
     (hidden ``hidden_dim``) to a ``bottleneck_dim`` vector, l2-normalised, then a weight-normalised linear
     layer without bias to ``out_dim`` logits. With ``norm_last_layer`` the weight norm's magnitude is
-    fixed to 1 (the paper's choice for stability)."""
+    fixed to 1 (the paper's choice for stability).
+
+    Initialisation as in DINO's code (``DINOHead._init_weights``, which iBOT's head inherits): the MLP's
+    linear weights truncated normal with std 0.02 (:func:`trunc_normal_init_`), biases 0; the last layer
+    keeps PyTorch's default initialisation, its magnitude set to 1. That last layer is the one
+    :class:`~common.engines.FreezeLastLayerHandler` keeps fixed during the first epoch(s)."""
 
     def __init__(
         self,
@@ -40,6 +55,7 @@ class DINOHead(nn.Module):
     ) -> None:
         super().__init__()
         self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, num_layers)
+        self.mlp.apply(trunc_normal_init_)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
         if norm_last_layer:

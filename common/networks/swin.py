@@ -8,6 +8,8 @@ five normalised feature maps of MONAI's ``SwinTransformer.forward`` (patch embed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from monai.networks.nets.swin_unetr import MERGING_MODE, SwinTransformer
 from monai.utils import look_up_option
@@ -25,7 +27,12 @@ TOTAL_STRIDE = 32
 class SwinEncoder(SwinTransformer):
     """SwinUNETR's encoder (``spatial_dims`` 2 or 3); ``forward`` gives a ``(B, 16 * feature_size)``
     embedding: the average over space of the last stage's normalised feature map. ``use_v2`` adds the
-    residual convolution blocks of SwinUNETR-v2 (``layers{i}c``, MONAI's ``use_v2=True``)."""
+    residual convolution blocks of SwinUNETR-v2 (``layers{i}c``, MONAI's ``use_v2=True``).
+
+    ``depths`` / ``num_heads``: blocks and attention heads of the four stages (default SwinUNETR's). Swin-B
+    (Liu et al. 2021, Table 1; LeADER's student, papers/001 Sec. 4) is ``feature_size=128,
+    depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)``; MONAI's Swin adds a patch merging after the fourth
+    stage (``out_dim = 16 * feature_size``), which the original Swin-B does not have."""
 
     def __init__(
         self,
@@ -35,14 +42,21 @@ class SwinEncoder(SwinTransformer):
         use_checkpoint: bool = False,
         dropout_path_rate: float = 0.0,
         use_v2: bool = False,
+        depths: Sequence[int] = DEPTHS,
+        num_heads: Sequence[int] = NUM_HEADS,
     ) -> None:
+        if len(depths) != len(DEPTHS) or len(num_heads) != len(NUM_HEADS):
+            raise ValueError(
+                f"SwinEncoder has {len(DEPTHS)} stages: depths and num_heads need {len(DEPTHS)} entries, "
+                f"got depths={tuple(depths)}, num_heads={tuple(num_heads)}"
+            )
         super().__init__(
             in_chans=in_channels,
             embed_dim=feature_size,
             window_size=(WINDOW_SIZE,) * spatial_dims,
             patch_size=(PATCH_SIZE,) * spatial_dims,
-            depths=DEPTHS,
-            num_heads=NUM_HEADS,
+            depths=tuple(depths),
+            num_heads=tuple(num_heads),
             drop_path_rate=dropout_path_rate,
             norm_layer=nn.LayerNorm,
             use_checkpoint=use_checkpoint,
@@ -58,6 +72,14 @@ class SwinEncoder(SwinTransformer):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five feature maps ``(B, C_i, *grid_i)``, strides 2, 4, 8, 16, 32."""
         return super().forward(x)
+
+    def feature_index(self, stride: int) -> int:
+        """The position in :meth:`features` (and ``feature_channels``) of the map at ``stride``."""
+        if stride not in self.feature_strides:
+            raise ValueError(
+                f"the Swin encoder has feature maps at strides {self.feature_strides}, not {stride}"
+            )
+        return self.feature_strides.index(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[-1].flatten(2).mean(-1)

@@ -8,15 +8,19 @@ tokenizer). The loss (Sec. 3.2) is ``lambda1 * L_[CLS] + lambda2 * L_MIM``:
   unmasked and the student's masked global views; the encoder's pooled embedding (the mean of the
   last-stage tokens) takes the [CLS] token's role, since a Swin encoder has no [CLS] token. Local views,
   if the batch has any, join the student side unmasked (iBOT's multi-crop);
-- ``L_MIM``: :class:`~common.losses.ibot.IBOTPatchLoss` between the teacher's and the student's last-stage
-  tokens (stride 32) of the same view, over masked tokens only.
+- ``L_MIM``: :class:`~common.losses.ibot.IBOTPatchLoss` between the teacher's and the student's patch
+  tokens of the same view, over masked tokens only. The patch tokens are those of the stride-16 stage
+  (:data:`~common.ssl.masking.TOKEN_STRIDE`, the third stage's output: 6³ = 216 tokens in a 96³ view), the
+  token size of iBOT's ViT-S/16 and ViT-B/16 (Sec. 4); a linear ``patch_projection`` (EMA-copied to the
+  teacher) maps their ``8 * feature_size`` channels to the head's input width, so that the one head stays
+  shared by both losses.
 
-Masks are drawn per image in blocks of ``mask_patch_size`` voxels, a multiple of 32 so that each block
-covers whole stride-32 tokens and a token is masked exactly when its voxels are. The ratio follows iBOT's
-random MIM (``--pred_ratio 0 0.3 --pred_ratio_var 0 0.2``): with probability ``mask_probability`` (0.5) an
-image is masked with a ratio drawn uniformly from ``mask_ratio`` ((0.1, 0.5)), otherwise not at all; a
-fixed ratio r is ``mask_ratio=(r, r), mask_probability=1``. One head is shared by the [CLS] and the patch
-tokens, iBOT's default (``out_dim`` 8192, Sec. 4 and App.).
+Masks are drawn per image in blocks of ``mask_patch_size`` voxels (default 16), a multiple of 16 so that
+each block covers whole stride-16 tokens and a token is masked exactly when its voxels are. The ratio
+follows iBOT's random MIM (``--pred_ratio 0 0.3 --pred_ratio_var 0 0.2``): with probability
+``mask_probability`` (0.5) an image is masked with a ratio drawn uniformly from ``mask_ratio`` ((0.1, 0.5)),
+otherwise not at all; a fixed ratio r is ``mask_ratio=(r, r), mask_probability=1``. One head is shared by
+the [CLS] and the patch tokens, iBOT's default (``out_dim`` 8192, Sec. 4 and App.).
 """
 
 from __future__ import annotations
@@ -29,24 +33,19 @@ from torch import nn
 from ..losses.dino import DINOLoss
 from ..losses.ibot import IBOTPatchLoss
 from ..networks.heads import DINOHead
-from ..networks.swin import PATCH_SIZE, TOTAL_STRIDE, SwinEncoder, tokens
+from ..networks.swin import SwinEncoder, tokens
 from .base import SSLMethod, make_teacher, views
 from .dino import multi_crop_outputs
-from .masking import masked_patches, patch_mask_for
+from .masking import TOKEN_STRIDE, check_mask_patch_size, masked_patches, patch_mask_for, token_mask
 
 
-def token_mask(patch_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, *patch_grid)`` mask of whole 16-patch blocks -> ``(B, N)`` mask of the stride-32 tokens, in the
-    order of :func:`~common.networks.swin.tokens`."""
-    step = TOTAL_STRIDE // PATCH_SIZE
-    return patch_mask[(slice(None),) + (slice(None, None, step),) * (patch_mask.ndim - 1)].flatten(1)
-
-
-def head_outputs(head: nn.Module, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's ``(B, K)`` output for the pooled embedding ([CLS] role) and ``(B, N, K)`` for the tokens
-    of a last-stage ``feature_map``, in one pass."""
-    patch_tokens = tokens(feature_map)
-    out = head(torch.cat([patch_tokens.mean(1, keepdim=True), patch_tokens], dim=1))
+def head_outputs(
+    head: nn.Module, projection: nn.Module, last_map: torch.Tensor, patch_map: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's ``(B, K)`` output for the pooled embedding of the ``last_map`` ([CLS] role) and
+    ``(B, N, K)`` for the projected tokens of the stride-16 ``patch_map``, in one pass."""
+    cls = tokens(last_map).mean(1, keepdim=True)
+    out = head(torch.cat([cls, projection(tokens(patch_map))], dim=1))
     return out[:, 0], out[:, 1:]
 
 
@@ -67,21 +66,25 @@ class IBOT(SSLMethod):
         center_momentum: float = 0.9,
         mask_ratio: Sequence[float] = (0.1, 0.5),
         mask_probability: float = 0.5,
-        mask_patch_size: int = 32,
+        mask_patch_size: int = TOKEN_STRIDE,
         cls_weight: float = 1.0,
         patch_weight: float = 1.0,
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if mask_patch_size % TOTAL_STRIDE:
-            raise ValueError(f"mask_patch_size {mask_patch_size} must be a multiple of {TOTAL_STRIDE}")
+        check_mask_patch_size(mask_patch_size)
         self.encoder = SwinEncoder(in_channels, feature_size, spatial_dims, use_checkpoint)
         self.mask_token = nn.Parameter(torch.zeros(feature_size))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.patch_stage = self.encoder.feature_index(TOKEN_STRIDE)
+        self.patch_projection = nn.Linear(
+            self.encoder.feature_channels[self.patch_stage], self.encoder.out_dim
+        )
         self.head = DINOHead(
             self.encoder.out_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer
         )
         self.teacher_encoder = make_teacher(self.encoder)
+        self.teacher_patch_projection = make_teacher(self.patch_projection)
         self.teacher_head = make_teacher(self.head)
         self.cls_criterion = DINOLoss(out_dim, student_temp, center_momentum)
         self.patch_criterion = IBOTPatchLoss(out_dim, student_temp, center_momentum)
@@ -90,7 +93,11 @@ class IBOT(SSLMethod):
         self.cls_weight, self.patch_weight = cls_weight, patch_weight
 
     def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher_encoder, self.encoder), (self.teacher_head, self.head)]
+        return [
+            (self.teacher_encoder, self.encoder),
+            (self.teacher_patch_projection, self.patch_projection),
+            (self.teacher_head, self.head),
+        ]
 
     def draw_mask(self, x: torch.Tensor) -> torch.Tensor:
         """A ``(B, *patch_grid)`` block mask, its ratio drawn per image (random MIM)."""
@@ -110,16 +117,24 @@ class IBOT(SSLMethod):
     def distillation_losses(
         self,
         x: torch.Tensor,
-        student_map: torch.Tensor,
+        student_maps: Sequence[torch.Tensor],
         mask: torch.Tensor,
         num_views: int,
         local_views: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_[CLS], L_MIM)`` for the ``num_views`` global views stacked in ``x`` (teacher input, unmasked),
-        the student's last-stage map of their masked copies and the patch ``mask``."""
+        the student's feature maps of their masked copies and the patch ``mask``."""
         with torch.no_grad():
-            teacher_cls, teacher_patch = head_outputs(self.teacher_head, self.teacher_encoder.features(x)[-1])
-        student_cls, student_patch = head_outputs(self.head, student_map)
+            teacher_maps = self.teacher_encoder.features(x)
+            teacher_cls, teacher_patch = head_outputs(
+                self.teacher_head,
+                self.teacher_patch_projection,
+                teacher_maps[-1],
+                teacher_maps[self.patch_stage],
+            )
+        student_cls, student_patch = head_outputs(
+            self.head, self.patch_projection, student_maps[-1], student_maps[self.patch_stage]
+        )
         student_cls_views = list(student_cls.chunk(num_views))
         student_cls_views += multi_crop_outputs(self.encoder, self.head, list(local_views))
         cls_loss = self.cls_criterion(
@@ -137,9 +152,9 @@ class IBOT(SSLMethod):
         global_views = views(batch, "global")
         x = torch.cat(global_views)
         mask = self.draw_mask(x)
-        student_map = self.student_feature_maps(x, mask)[-1]
+        student_maps = self.student_feature_maps(x, mask)
         cls_loss, patch_loss = self.distillation_losses(
-            x, student_map, mask, len(global_views), views(batch, "local")
+            x, student_maps, mask, len(global_views), views(batch, "local")
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
         return {"loss": loss, "cls": cls_loss.detach(), "patch": patch_loss.detach()}

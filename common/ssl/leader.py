@@ -13,8 +13,16 @@ stage 2 both branches train on (image, patch) pairs, each loss taken on the imag
 15-27). ``stage`` is an attribute the :class:`~common.engines.LeADERStageHandler` sets each epoch. Patches
 come from disease boxes, random patches from healthy images (:class:`~common.transforms.BoxPatchd`).
 
-Teachers stay frozen: no gradient, ``eval`` mode whatever the student's mode, weights unchanged; they are
-loaded by :func:`load_teacher` from a bundle directory, a TorchScript file or an encoder file.
+Stage 1 reads an image-only datalist (the paper's image datasets D_I) and stage 2 the image+patch one
+(D_IP); the stage handler switches the trainer's data source with the stage, and Algorithm 1's rounds
+(one stage-1 epoch, then one stage-2 epoch) may alternate instead of running the two stages as blocks.
+
+A teacher gives its *embedding* (the paper's ``E_D = T_D(I)``, ``E_A = T_A(I)``): for a classifier of the
+collection (children ``encoder`` and ``head``, eager or TorchScript, e.g. the trained
+``radiograph_classification`` bundle) that is the embedding its head reads (:class:`ClassifierEmbedding`),
+the encoder's penultimate features, never its logits. Teachers stay frozen: no gradient, ``eval`` mode
+whatever the student's mode, weights unchanged; they are loaded by :func:`load_teacher` from a bundle
+directory, a TorchScript file or an encoder file.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 
 from ..losses.distillation import distillation_loss
+from ..networks.classifier import embed
 from ..networks.encoders import build_encoder, encoder_from_file
 from ..networks.heads import mlp
 from ..networks.pretrained import EncoderLoadError, read_encoder_file, save_encoder, state_dict_problems
@@ -42,8 +51,35 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+def is_classifier(module: nn.Module) -> bool:
+    """Whether ``module`` is a classifier of the collection: an encoder and a linear head on its embedding
+    (:class:`~common.networks.classifier.EncoderClassifier`, or its TorchScript export)."""
+    children = dict(module.named_children())
+    return "encoder" in children and "head" in children
+
+
+class ClassifierEmbedding(nn.Module):
+    """The embedding a classifier's head reads: its encoder's pooled output, or the [CLS] / [CLS] + mean
+    patch view the classifier was built with (:func:`~common.networks.classifier.embed`). This is the
+    disease expert's ``E_D`` of LeADER (papers/001, Fig. 2 and Eq. 2), its penultimate features."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.encoder = classifier.encoder
+        self.view = str(getattr(classifier, "features", "pooled"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.encoder, x, self.view)
+
+
+def expert_embedding(module: nn.Module) -> nn.Module:
+    """The module giving an expert's embedding: :class:`ClassifierEmbedding` of a classifier, any other
+    module (an encoder, an exported embedding model) as it is."""
+    return ClassifierEmbedding(module) if is_classifier(module) else module
+
+
 def load_teacher(path: str | os.PathLike) -> nn.Module:
-    """A frozen expert teacher from ``path``:
+    """A frozen expert teacher from ``path``, as the module giving its embedding (:func:`expert_embedding`):
 
     - a bundle directory: its ``configs/inference.json`` ``network_def`` with ``models/model.pt`` loaded
       (strict key check);
@@ -65,13 +101,13 @@ def load_teacher(path: str | os.PathLike) -> nn.Module:
                 "\n".join([f"{path}/models/model.pt does not fit the bundle's network_def", *problems])
             )
         network.load_state_dict(state)
-        return freeze(network)
+        return freeze(expert_embedding(network))
     if not path.is_file():
         raise FileNotFoundError(
             f"teacher not found: {path} (give a bundle directory, a TorchScript file or an encoder file)"
         )
     try:
-        return freeze(torch.jit.load(str(path), map_location="cpu"))
+        return freeze(expert_embedding(torch.jit.load(str(path), map_location="cpu")))
     except RuntimeError:
         return freeze(encoder_from_file(path))
 
@@ -88,13 +124,13 @@ def write_stand_in_teacher(path: str | os.PathLike, name: str, config: dict, see
 
 
 def as_teacher(teacher: nn.Module | str | os.PathLike) -> nn.Module:
-    """A module frozen as it is, or :func:`load_teacher` of a path."""
-    return freeze(teacher) if isinstance(teacher, nn.Module) else load_teacher(teacher)
+    """A module's :func:`expert_embedding`, frozen, or :func:`load_teacher` of a path."""
+    return freeze(expert_embedding(teacher)) if isinstance(teacher, nn.Module) else load_teacher(teacher)
 
 
 def teacher_embedding(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(B, D)`` embedding of a teacher's output: the first element of a tuple/list output, spatial maps
-    averaged over space."""
+    """``(B, D)`` embedding of a teacher (a module from :func:`as_teacher`, which gives embeddings, not
+    logits): the first element of a tuple/list output, spatial maps averaged over space."""
     with torch.no_grad():
         out = teacher(x)
     if isinstance(out, (tuple, list)):
@@ -104,7 +140,8 @@ def teacher_embedding(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class LeADER(SSLMethod):
     """``encoder``: the student; ``disease_teacher`` / ``anatomy_teacher``: modules or paths for
-    :func:`load_teacher`; ``input_shape``: one input ``(C, *spatial)`` used to read the teachers' widths."""
+    :func:`as_teacher` (a classifier teaches its embedding, :class:`ClassifierEmbedding`); ``input_shape``:
+    one input ``(C, *spatial)`` used to read the widths of the teachers' embeddings, the heads' outputs."""
 
     def __init__(
         self,

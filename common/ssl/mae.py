@@ -6,12 +6,16 @@ encoder sees every position (:func:`~common.ssl.masking.masked_patches`), as Sim
 the 3D study of Wald et al. (CVPR 2025, "Revisiting MAE pre-training for 3D medical image segmentation") do.
 MAE's other parts are kept (Sec. 3):
 
-- random masking of a high ratio (0.75, Fig. 5) of the stride-32 tokens (``mask_patch_size`` 32 voxels);
-- an asymmetric lightweight transformer decoder (8 blocks of width 512, Table 1a-b) on the encoder's
-  stride-32 tokens plus a learned position embedding; the encoder's output already stands at the masked
-  positions, so MAE's decoder mask token has nothing left to fill;
-- a linear layer predicting each token's ``32**D * C`` voxels, and the mean squared error on masked tokens
-  against per-patch normalised voxels (:func:`~common.losses.mae.mae_loss`).
+- random masking of a high ratio (0.75, Fig. 5) of the stride-16 tokens
+  (:data:`~common.ssl.masking.TOKEN_STRIDE`; ``mask_patch_size`` 16 voxels, the patch size of MAE's
+  ViT-L/16, Sec. 4): a 96³ view has 216 tokens, 162 of them masked;
+- an asymmetric lightweight transformer decoder (8 blocks of width 512, Table 1a-b) on the stride-16
+  token grid: the encoder's last, stride-32 map is brought to that grid by a transposed convolution of
+  kernel and stride 2 (each token's embedding split into its 2**D sub-cells), then a learned position
+  embedding is added; the encoder's output already stands at the masked positions, so MAE's decoder mask
+  token has nothing left to fill;
+- a linear layer predicting each stride-16 token's ``16**D * C`` voxels, and the mean squared error on
+  masked tokens against per-patch normalised voxels (:func:`~common.losses.mae.mae_loss`).
 
 The position embedding is learned on the token grid of ``img_size`` (the training view size) and resized
 by linear interpolation when a view of another size comes in.
@@ -26,21 +30,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses.mae import mae_loss, patchify
-from ..networks.swin import PATCH_SIZE, TOTAL_STRIDE, SwinEncoder, tokens
+from ..networks.swin import TOTAL_STRIDE, SwinEncoder, tokens
 from .base import SSLMethod, views
-from .masking import masked_patches, patch_mask_for
+from .masking import TOKEN_STRIDE, check_mask_patch_size, masked_patches, patch_mask_for, token_mask
 
 
 class MAEDecoder(nn.Module):
-    """MAE's decoder (He et al. 2022, Sec. 3 "MAE decoder"): a linear embedding to ``dim``, a learned
-    position embedding, ``depth`` pre-norm transformer blocks (MLP ratio 4, GELU), a LayerNorm and a linear
-    prediction of ``out_dim`` values per token."""
+    """MAE's decoder (He et al. 2022, Sec. 3 "MAE decoder"): an embedding of the stride-32 map to ``dim``
+    channels on the ``upsample``-times finer grid (a transposed convolution), a learned position embedding,
+    ``depth`` pre-norm transformer blocks (MLP ratio 4, GELU), a LayerNorm and a linear prediction of
+    ``out_dim`` values per token."""
 
     def __init__(
-        self, in_dim: int, out_dim: int, dim: int, depth: int, num_heads: int, grid: Sequence[int]
+        self,
+        in_dim: int,
+        out_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        grid: Sequence[int],
+        upsample: int = TOTAL_STRIDE // TOKEN_STRIDE,
     ) -> None:
         super().__init__()
-        self.embed = nn.Linear(in_dim, dim)
+        conv = nn.ConvTranspose3d if len(grid) == 3 else nn.ConvTranspose2d
+        self.embed = conv(in_dim, dim, kernel_size=upsample, stride=upsample)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         block = dict(
@@ -61,8 +74,10 @@ class MAEDecoder(nn.Module):
         return tokens(pos)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """``(B, in_dim, *grid)`` -> ``(B, N, out_dim)``, tokens in C order over the grid."""
-        x = self.embed(tokens(feature_map)) + self.position_embedding(feature_map.shape[2:])
+        """``(B, in_dim, *grid)`` -> ``(B, N, out_dim)``, the tokens of the ``upsample``-times finer grid in
+        C order."""
+        embedded = self.embed(feature_map)
+        x = tokens(embedded) + self.position_embedding(embedded.shape[2:])
         return self.pred(self.norm(self.blocks(x)))
 
 
@@ -73,7 +88,7 @@ class MAE(SSLMethod):
         feature_size: int = 48,
         spatial_dims: int = 3,
         mask_ratio: float = 0.75,
-        mask_patch_size: int = TOTAL_STRIDE,
+        mask_patch_size: int = TOKEN_STRIDE,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
@@ -82,16 +97,14 @@ class MAE(SSLMethod):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if mask_patch_size % TOTAL_STRIDE or img_size % TOTAL_STRIDE:
-            raise ValueError(
-                f"mask_patch_size {mask_patch_size} and img_size {img_size} must be multiples of the "
-                f"token stride {TOTAL_STRIDE}"
-            )
+        check_mask_patch_size(mask_patch_size)
+        if img_size % TOTAL_STRIDE:
+            raise ValueError(f"img_size {img_size} must be a multiple of the encoder's stride {TOTAL_STRIDE}")
         self.encoder = SwinEncoder(in_channels, feature_size, spatial_dims, use_checkpoint)
         self.mask_token = nn.Parameter(torch.zeros(feature_size))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        grid = (img_size // TOTAL_STRIDE,) * spatial_dims
-        out_dim = TOTAL_STRIDE**spatial_dims * in_channels
+        grid = (img_size // TOKEN_STRIDE,) * spatial_dims
+        out_dim = TOKEN_STRIDE**spatial_dims * in_channels
         self.decoder = MAEDecoder(
             self.encoder.out_dim, out_dim, decoder_dim, decoder_depth, decoder_num_heads, grid
         )
@@ -102,7 +115,5 @@ class MAE(SSLMethod):
         mask = patch_mask_for(x, self.mask_ratio, self.mask_patch_size)
         with masked_patches(self.encoder, mask, self.mask_token):
             prediction = self.decoder(self.encoder.features(x)[-1])
-        step = TOTAL_STRIDE // PATCH_SIZE  # patch-grid cells per token along each axis
-        token_mask = mask[(slice(None), *[slice(None, None, step)] * (mask.ndim - 1))].flatten(1)
-        loss = mae_loss(prediction, patchify(x, TOTAL_STRIDE), token_mask, self.norm_pix_loss)
+        loss = mae_loss(prediction, patchify(x, TOKEN_STRIDE), token_mask(mask), self.norm_pix_loss)
         return {"loss": loss, "reconstruction": loss.detach()}

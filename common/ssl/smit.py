@@ -6,17 +6,19 @@ masked patch embeddings) and seen unmasked by the EMA teacher. Three losses (Sec
 - ``reconstruction``: masked image modelling, the l1 distance on masked voxels between the views and
   their prediction from the student's last-stage features (SimMIM's head and loss,
   :class:`~common.ssl.simmim.ReconstructionHead`, :func:`~common.losses.simmim.masked_l1_loss`);
-- ``patch``: masked patch-token self-distillation, iBOT's ``L_MIM`` on the stride-32 tokens of the same
-  view (:class:`~common.losses.ibot.IBOTPatchLoss`);
+- ``patch``: masked patch-token self-distillation, iBOT's ``L_MIM`` on the stride-16 tokens of the same
+  view (the third stage's output, projected to the head's width as in :class:`~common.ssl.ibot.IBOT`;
+  :class:`~common.losses.ibot.IBOTPatchLoss`);
 - ``global``: global self-distillation, DINO's loss between the teacher's unmasked view and the student's
   masked other view, on the pooled embedding ([CLS] role) (:class:`~common.losses.dino.DINOLoss`).
 
 ``loss = reconstruction_weight * reconstruction + patch_weight * patch + global_weight * global``, with the
 weights of the authors' code (``train_self_supervised.py``: ``rec_w`` 1, ``patch_w`` 0.1, ``cls_w`` 0.1).
 The teacher temperature warm-up and cosine EMA momentum come from the schedule handler. Masks are drawn in
-blocks of ``mask_patch_size`` voxels, a multiple of 32 so that a stride-32 token is masked exactly when its
-voxels are (the authors' code masks 16-voxel blocks on a model whose tokens are finer). The [CLS] and patch
-tokens share one head, as in :class:`~common.ssl.ibot.IBOT` (the authors' code defaults to two heads).
+blocks of ``mask_patch_size`` = 16 voxels, as the authors' code does (a multiple of 16 is required, so that a
+stride-16 token is masked exactly when its voxels are): a 96³ view has 216 mask cells, 151 of them masked
+at ratio 0.7. The [CLS] and patch tokens share one head, as in :class:`~common.ssl.ibot.IBOT` (the authors'
+code defaults to two heads).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..networks.swin import PATCH_SIZE
 from ..transforms.masking import upsample_mask
 from .base import views
 from .ibot import IBOT
+from .masking import TOKEN_STRIDE
 from .simmim import ReconstructionHead
 
 
@@ -47,7 +50,7 @@ class SMIT(IBOT):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         mask_ratio: float = 0.7,
-        mask_patch_size: int = 32,
+        mask_patch_size: int = TOKEN_STRIDE,
         reconstruction_weight: float = 1.0,
         patch_weight: float = 0.1,
         global_weight: float = 0.1,
@@ -77,10 +80,10 @@ class SMIT(IBOT):
         global_views = views(batch, "global")
         x = torch.cat(global_views)
         mask = self.draw_mask(x)
-        student_map = self.student_feature_maps(x, mask)[-1]
-        prediction = self.reconstruction_head(student_map)
+        student_maps = self.student_feature_maps(x, mask)
+        prediction = self.reconstruction_head(student_maps[-1])
         reconstruction = masked_l1_loss(prediction, x, upsample_mask(mask, PATCH_SIZE))
-        global_loss, patch_loss = self.distillation_losses(x, student_map, mask, len(global_views))
+        global_loss, patch_loss = self.distillation_losses(x, student_maps, mask, len(global_views))
         loss = (
             self.reconstruction_weight * reconstruction
             + self.patch_weight * patch_loss

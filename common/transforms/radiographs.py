@@ -2,10 +2,11 @@
 ones (:func:`~common.transforms.builders.load_transforms` with ``spatial_dims=2``, ``minmax`` intensity,
 :class:`~common.transforms.ssl.MultiCropd`).
 
-- :func:`coda_transforms`: Coda's views (papers/000, Sec. 2): two augmented copies of the image
-  (``global_0`` for the student, ``global_1`` for the teacher: inter-organ branch and the teacher's full view
-  of the intra-organ branch) and ``num_local`` multi-scale crops (``local_i``; paper: 12 of 96 px, scale
-  0.4-0.7) for the student.
+- :func:`coda_transforms`: Coda's views (papers/000, Sec. 2): two augmented copies of the image for the
+  inter-organ branch (``global_0`` for the student, ``global_1`` for the teacher), the augmented full image
+  (``full``, :class:`FullViewd`: the teacher's view of the intra-organ branch) and ``num_local``
+  multi-scale crops (``local_i``; paper: 12 of 96 px, scale 0.4-0.7) for the student; every view rotated
+  at random (the paper's augmentations T: colour jitter, Gaussian blur, rotation, random cropping).
 - :class:`BoxPatchd` and :func:`leader_transforms`: LeADER's (image, patch) pairs (papers/001, Algorithm 1
   lines 2-6): a patch from a disease box where the image has one, a random patch of a healthy image.
 """
@@ -18,9 +19,38 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
 
 from .builders import _as_tuple, load_transforms
 from .ssl import MultiCropd
+
+
+class FullViewd(MultiCropd):
+    """Adds ``full_key``: the whole image of ``key`` (kept for the crops that follow), its longer side
+    resized to ``size`` (the aspect ratio kept) and zero-padded to ``size``, augmented as
+    :class:`~common.transforms.ssl.MultiCropd` augments its views (Coda, Eq. 2: the teacher sees the augmented
+    input sample ``x_i``, not a crop of it)."""
+
+    def __init__(
+        self,
+        key: str = "image",
+        size: int | Sequence[int] = 224,
+        full_key: str = "full",
+        spatial_dims: int = 2,
+        flip: bool = False,
+    ) -> None:
+        super().__init__(key, num_global=0, num_local=0, spatial_dims=spatial_dims, flip=flip)
+        self.full_key, size = full_key, _as_tuple(size, spatial_dims)
+        self.resize = mt.Compose(
+            [mt.Resize(max(size), size_mode="longest", mode="bilinear"), mt.ResizeWithPadOrCrop(size)]
+        )
+
+    def __call__(self, data):
+        d = dict(data)
+        image = convert_to_tensor(d[self.key], dtype=torch.float32, track_meta=False)
+        full = convert_to_tensor(self.resize(image), dtype=torch.float32, track_meta=False)
+        d[self.full_key] = self._augment(full)
+        return d
 
 
 def coda_transforms(
@@ -30,14 +60,34 @@ def coda_transforms(
     local_size: int | Sequence[int] = 96,
     local_scale: Sequence[float] = (0.4, 0.7),
     in_channels: int = 1,
+    rotation_degrees: float = 10.0,
+    rotation_prob: float = 0.5,
 ) -> mt.Compose:
-    """Load, adapt channels, rescale to [0, 1], then two global views and ``num_local`` crops, each with
-    intensity jitter, noise and Gaussian blur (no flips: left and right differ in anatomy)."""
+    """Load, adapt channels, rescale to [0, 1], then the full view (``full``, ``global_size``), two global
+    views and ``num_local`` crops, each with intensity jitter, noise and Gaussian blur (no flips: left and
+    right differ in anatomy), and each rotated, with probability ``rotation_prob``, by an angle drawn
+    uniformly in +-``rotation_degrees`` (zero padding; the paper gives no range)."""
+    full = FullViewd("image", global_size)
     views = MultiCropd(
         "image", 2, global_size, global_scale, num_local, local_size, local_scale, spatial_dims=2, flip=False
     )
+    keys = ["full", "global_0", "global_1", *(f"local_{i}" for i in range(num_local))]
+    angle = float(np.deg2rad(rotation_degrees))
+    rotations = [
+        mt.RandRotated(key, range_x=angle, prob=rotation_prob, keep_size=True, padding_mode="zeros")
+        for key in keys
+    ]
     load = load_transforms(["image"], spatial_dims=2, in_channels=in_channels, intensity="minmax")
-    return mt.Compose([*load, mt.EnsureTyped("image", track_meta=False), views])
+    return mt.Compose(
+        [
+            *load,
+            mt.EnsureTyped("image", track_meta=False),
+            full,
+            views,
+            *rotations,
+            mt.EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
 
 
 class BoxPatchd(Randomizable, MapTransform):
@@ -98,16 +148,19 @@ def leader_transforms(
     disease_names: Sequence[str] = ("lung_tumor",),
     in_channels: int = 1,
     augment: bool = True,
+    with_patch: bool = True,
 ) -> mt.Compose:
     """Load, adapt channels, rescale to [0, 1], cut the patch (:class:`BoxPatchd`), resize the image, then
     LeADER's augmentations (Sec. 3: random affine, horizontal flip, intensity jitter) on image and patch
-    independently."""
+    independently. ``with_patch=False``: the image only (Algorithm 1's stage 1, image datasets without
+    boxes)."""
     load = load_transforms(["image"], spatial_dims=2, in_channels=in_channels, intensity="minmax")
-    keys = ["image", "patch"]
+    keys = ["image", "patch"] if with_patch else ["image"]
+    patch = [BoxPatchd(disease_names=disease_names, patch_size=patch_size)] if with_patch else []
     out = [
         *load,
         mt.EnsureTyped("image", track_meta=False),
-        BoxPatchd(disease_names=disease_names, patch_size=patch_size),
+        *patch,
         mt.Resized("image", spatial_size=_as_tuple(image_size, 2), mode="bilinear"),
     ]
     if augment:
