@@ -83,6 +83,14 @@ class Trace:
             handle.remove()
 
 
+def traced_step(method: nn.Module, batch: dict, outputs: dict, inputs: dict | None = None):
+    """One forward and backward of ``method`` on ``batch`` under a :class:`Trace`: ``(trace, losses)``."""
+    with Trace(outputs, inputs) as trace:
+        losses = method(batch)
+    losses["loss"].backward()
+    return trace, losses
+
+
 def image_views(batch: dict) -> dict[str, torch.Tensor]:
     """The batch's image tensors (views, image, patch) by key."""
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim >= 4}
@@ -190,9 +198,7 @@ def dino(volumes):
         "student_head": method.head,
         "teacher_head": method.teacher_head,
     }
-    with Trace(modules) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(method, batch, modules)
     return SimpleNamespace(method=method, batch=batch, trace=trace, losses=losses, center=center)
 
 
@@ -296,11 +302,8 @@ def distilled_masked(request, volumes):
     batch = ssl_batch(volumes, 1, num_global=2, num_local=num_local, local_size=32, **MASKED_CROP)
     outputs, inputs = masked_modules(method.encoder, "student")
     t_outputs, t_inputs = masked_modules(method.teacher_encoder, "teacher")
-    with Trace(
-        {**outputs, **t_outputs, "teacher_head": method.teacher_head}, {**inputs, **t_inputs}
-    ) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    outputs = {**outputs, **t_outputs, "teacher_head": method.teacher_head}
+    trace, losses = traced_step(method, batch, outputs, {**inputs, **t_inputs})
     return SimpleNamespace(name=request.param, method=method, batch=batch, trace=trace, num_local=num_local)
 
 
@@ -383,9 +386,7 @@ def mocov3(volumes):
         "momentum_encoder": method.momentum_encoder,
         "momentum_projector": method.momentum_projector,
     }
-    with Trace(modules) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(method, batch, modules)
     views = image_views(batch)
     h = outputs_by_name(trace.calls["encoder"], views)
     queries = outputs_by_name(trace.calls["predictor"], outputs_by_name(trace.calls["projector"], h))
@@ -433,9 +434,7 @@ def test_simclr_is_symmetric_and_pairs_the_views_of_one_sample(volumes):
     torch.manual_seed(0)
     method = SimCLR(feature_size=12, projection_hidden_dim=64, projection_dim=32, temperature=0.5)
     batch = ssl_batch(volumes, 4, num_global=2, **GLOBAL_CROP)
-    with Trace({"encoder": method.encoder, "projector": method.projector}) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(method, batch, {"encoder": method.encoder, "projector": method.projector})
     views = image_views(batch)
     assert sorted(seen(trace.calls["encoder"], views)) == ["global_0", "global_1"]
     z = outputs_by_name(trace.calls["projector"], outputs_by_name(trace.calls["encoder"], views))
@@ -452,9 +451,9 @@ def test_swinunetr_recipe_contrasts_the_two_views_of_each_sample_symmetrically(v
     torch.manual_seed(0)
     method = SwinUNETRRecipe(feature_size=12, contrastive_dim=32)
     batch = ssl_batch(volumes, 5, num_global=2, **GLOBAL_CROP)
-    with Trace({"embed": method.encoder.patch_embed, "head": method.contrastive_head}) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(
+        method, batch, {"embed": method.encoder.patch_embed, "head": method.contrastive_head}
+    )
     ((x, _),) = trace.calls["embed"]
     assert x.shape == (2 * len(batch["global_0"]), *batch["global_0"].shape[1:]), "two views per sample"
     ((_, z),) = trace.calls["head"]
@@ -489,9 +488,7 @@ def test_coda_views_and_stop_gradient(prepared_data):
     method = Coda(tiny_encoder(), out_dim=32, hidden_dim=16, bottleneck_dim=8)
     require_grad(*ema_teachers(method))
     names = ("encoder", "teacher_encoder", "org_head", "teacher_org_head", "ins_head", "teacher_ins_head")
-    with Trace({n: getattr(method, n) for n in names}) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(method, batch, {n: getattr(method, n) for n in names})
     views = image_views(batch)
     student = outputs_by_name(trace.calls["encoder"], views)
     teacher = outputs_by_name(trace.calls["teacher_encoder"], views)
@@ -545,9 +542,7 @@ def traced_leader(batch: dict, stage: int):
     method.stage = stage
     require_grad(method.disease_teacher, method.anatomy_teacher)
     names = ("encoder", "disease_teacher", "anatomy_teacher", "disease_head", "anatomy_head")
-    with Trace({n: getattr(method, n) for n in names}) as trace:
-        losses = method(batch)
-    losses["loss"].backward()
+    trace, losses = traced_step(method, batch, {n: getattr(method, n) for n in names})
     return method, trace, losses
 
 
