@@ -11,10 +11,12 @@ from pathlib import Path
 from ..atomic import atomic_path
 
 
-def write_json(data: dict, path: Path) -> None:
-    """Write ``data`` as indented JSON atomically (:func:`common.atomic.atomic_path`)."""
+def write_json(data, path: str | os.PathLike, default=None) -> Path:
+    """Write ``data`` as indented JSON atomically (:func:`common.atomic.atomic_path`); ``default`` as
+    :func:`json.dumps`' (e.g. ``str`` for paths). Returns the path."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
+    return Path(path)
 
 
 def read_key(datalist_path: str | os.PathLike, key: str) -> list[dict]:

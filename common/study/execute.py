@@ -37,18 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..data.datalists import write_json
 
-__all__ = ["RESULT_FILE", "read_result", "run_item", "write_json"]
+__all__ = ["RESULT_FILE", "read_result", "run_item"]
 
 RESULT_FILE = "result.json"
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """``obj`` as indented JSON at ``path``, atomically (:func:`common.atomic.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    return Path(path)
 
 
 def read_result(out: str | Path) -> dict | None:
@@ -187,7 +180,7 @@ def run_item(spec: Mapping) -> dict:
             "error": error_text(err),
             "seconds": round(time.time() - start, 1),
         }
-    write_json(out / RESULT_FILE, result)
+    write_json(result, out / RESULT_FILE, default=str)
     return result
 
 

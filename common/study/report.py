@@ -23,8 +23,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..data.fetch import sha256sum
 from .runner import RESULTS_FILE, git_commit
-from .spec import load_study, sha256_file
+from .spec import load_study
 
 __all__ = ["build_report", "result_rows"]
 
@@ -100,7 +101,7 @@ def build_report(path: str | os.PathLike, work_dir: str | os.PathLike | None = N
     states = [c["status"] for c in record["cells"].values()]
     provenance = [
         f"- study file: `{record['study']}` (sha256 {record['study_sha256'][:12]}; now "
-        f"{sha256_file(study.path)[:12]})",
+        f"{sha256sum(study.path)[:12]})",
         f"- cells run at git commit `{record['git_commit']}`; report written at `{git_commit()}`",
         f"- {len(states)} cells: {states.count('done')} done, {states.count('failed')} failed, "
         f"{states.count('pending')} pending; MLflow store `{study.work_dir / 'mlruns.db'}`",

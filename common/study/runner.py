@@ -23,9 +23,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..bundle import REPO_ROOT
+from ..data.datalists import write_json
+from ..data.fetch import sha256sum
 from ..evaluation.matrix import published_encoder, sqlite_uri
-from .execute import read_result, write_json
-from .spec import Item, Study, load_study, sha256_file
+from .execute import RESULT_FILE, read_result
+from .spec import Item, Study, load_study
 
 __all__ = ["RESULTS_FILE", "collect_results", "git_commit", "run_study", "select"]
 
@@ -73,11 +75,11 @@ def collect_results(study: Study, commit: str | None = None) -> dict:
         cells[cell.id]["encoder_file"] = cell.spec.get("encoder_file")
     record = {
         "study": str(study.path),
-        "study_sha256": sha256_file(study.path),
+        "study_sha256": sha256sum(study.path),
         "git_commit": commit or git_commit(),
         "cells": cells,
     }
-    write_json(study.work_dir / RESULTS_FILE, record)
+    write_json(record, study.work_dir / RESULTS_FILE, default=str)
     return record
 
 
@@ -88,6 +90,12 @@ def _convert_published(study: Study, items: Sequence[Item]) -> None:
             feature_size = item.spec["overrides"].get("feature_size")
             name = Path(file).parent.name
             published_encoder(name, published, Path(file).parent.parent.parent, feature_size)
+
+
+def _record_failure(item: Item, error: str) -> str:
+    """Write ``{"status": "failed", "error"}`` as ``item``'s result; returns ``error``."""
+    write_json({"status": "failed", "error": error}, Path(item.spec["out"]) / RESULT_FILE)
+    return error
 
 
 def _experiment(study: Study, item: Item) -> str:
@@ -110,7 +118,7 @@ def _start(study: Study, item: Item, uri: str) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     spec = {**item.spec, "kind": item.kind, "tracking_uri": uri, "study": study.path.stem}
     spec["experiment"] = _experiment(study, item)
-    write_json(out / "spec.json", spec)
+    write_json(spec, out / "spec.json", default=str)
     log = open(out / "log.txt", "w")  # noqa: SIM115 -- closed when the process ends
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
@@ -160,10 +168,7 @@ def run_study(
             blocked = [d for d in item.deps if d in failed]
             if blocked:
                 pending.remove(item)
-                failed[item.id] = f"dependency {blocked[0]} failed"
-                write_json(
-                    Path(item.spec["out"]) / "result.json", {"status": "failed", "error": failed[item.id]}
-                )
+                failed[item.id] = _record_failure(item, f"dependency {blocked[0]} failed")
                 bar.update(1)
             elif len(running) < jobs and all(d in done for d in item.deps):
                 pending.remove(item)
@@ -177,9 +182,8 @@ def run_study(
             if result.get("status") == "done":
                 done.add(item_id)
             else:
-                failed[item_id] = result.get("error") or f"exit code {process.returncode}"
-                write_json(
-                    Path(item.spec["out"]) / "result.json", {"status": "failed", "error": failed[item_id]}
+                failed[item_id] = _record_failure(
+                    item, result.get("error") or f"exit code {process.returncode}"
                 )
                 tqdm.write(f"[study] {item.id} FAILED: {failed[item_id]} (log: {item.spec['out']}/log.txt)")
             bar.update(1)

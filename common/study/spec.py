@@ -43,6 +43,7 @@ from pathlib import Path
 from monai.bundle import ConfigParser
 
 from ..bundle import REPO_ROOT
+from ..data.fetch import sha256sum
 
 __all__ = ["Item", "Study", "load_study"]
 
@@ -53,14 +54,6 @@ ENCODER_KEYS = ("file", "step", "published", "config", "overrides")
 RUN_KEYS = ("bundle", "runs", "overrides", "output", "metrics", "encoder_key")
 ESCAPE = "\x00"  # "$$expr" / "@@id": passed to the bundle as "$expr" / "@id", not resolved in the study
 PLACEHOLDER = re.compile(r"\{(seed|shots|encoder|protocol|task|out|step:[\w.-]+)\}")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hash(obj) -> str:
@@ -252,7 +245,7 @@ def _encoder_identity(path, root: Path, name: str | None, entry: Mapping, step_i
     file = Path(entry["file"])
     if not file.is_file():
         raise _error(path, f"encoders#{name}#file", f"no file {file}")
-    identity = {"file": str(file), "sha256": sha256_file(file)}
+    identity = {"file": str(file), "sha256": sha256sum(file)}
     if "published" not in entry:
         return identity, str(file.resolve()), None
     identity.update(published=entry["published"], config=entry.get("config", {}))
