@@ -99,6 +99,7 @@ class FreezeLastLayerHandler:
         if epochs < 0:
             raise ValueError(f"freeze_last_layer must be >= 0 epochs, got {epochs}")
         self.epochs = epochs
+        self.parameters: list | None = None  # found at the first step (the trainer sets its network last)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
@@ -112,7 +113,9 @@ class FreezeLastLayerHandler:
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.epoch <= self.epochs:
-            for p in self.last_layer_parameters(engine.network):
+            if self.parameters is None:
+                self.parameters = self.last_layer_parameters(engine.network)
+            for p in self.parameters:
                 p.grad = None
 
 
@@ -186,8 +189,9 @@ class LeADERStageHandler:
 
     ``stage1_data`` / ``stage2_data`` (given together): each stage's data source (the image-only datalist
     for stage 1, the image+patch one for stage 2), set on the trainer (``engine.set_data``) as the epoch
-    starts. An epoch keeps the trainer's ``epoch_length`` (Ignite restarts a shorter loader and stops a
-    longer one early); a loader's sampler with ``set_epoch`` (distributed runs) gets the epoch."""
+    starts; list it before :class:`~common.engines.EpochReseedHandler`, so that the epoch's reseed reaches
+    the stage's dataset. An epoch keeps the trainer's ``epoch_length`` (Ignite restarts a shorter loader and
+    stops a longer one early); a loader's sampler with ``set_epoch`` (distributed runs) gets the epoch."""
 
     def __init__(
         self,

@@ -28,10 +28,8 @@ def clip_grad_per_parameter_(parameters, max_norm: float, eps: float = 1e-6) -> 
     parameter on its own (DINO's and iBOT's ``utils.clip_gradients``; Caron et al. 2021 clip at 3.0), in
     place; parameters without a gradient are skipped."""
     for p in parameters:
-        if p.grad is not None:
-            coef = max_norm / (p.grad.detach().norm(2) + eps)
-            if coef < 1:
-                p.grad.detach().mul_(coef)
+        if p.grad is not None:  # min(1, coef) as a tensor: no host synchronisation per parameter
+            p.grad.detach().mul_((max_norm / (p.grad.detach().norm(2) + eps)).clamp(max=1.0))
 
 
 class SSLTrainer(Trainer):
