@@ -74,9 +74,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.bundle import REPO_ROOT
 from common.bundle_checks import config_path, list_bundles, smoke_overrides
 from common.data.prepare import prepare_all
-from common.networks import build_segmenter
-from common.networks.fused_attention import use_fused_attention
-from common.networks.memory_format import use_channels_last
+from common.networks import build_segmenter, network_options
 
 # (csv column, Markdown header, format); the ratios are the columns named a-e.
 COLUMNS = (
@@ -385,7 +383,7 @@ def option_step(network: torch.nn.Module, size: int) -> Callable[[], None]:
 
 
 def options(
-    sizes: str | Sequence[int] = "64,96",
+    sizes: int | Sequence[int] = (64, 96),
     swin_feature_size: int = 24,
     conv_feature_size: int = 16,
     repeats: int = 3,
@@ -397,20 +395,19 @@ def options(
     (``conv_feature_size``) default layout vs channels-last. Both members of a pair start from the same
     weights. Writes ``<out>/options.md`` (s/step, ratio baseline/option: > 1 means the option is faster)
     and returns its path."""
-    sizes = [int(v) for v in (sizes.split(",") if isinstance(sizes, str) else sizes)]
-    cases = (  # (network, option, builder, how the option is applied)
-        ("SwinUNETR", "fused attention", ("swinunetr", swin_feature_size), use_fused_attention),
-        ("U-Net", "channels_last_3d", ("unet", conv_feature_size), use_channels_last),
-        ("SegResNet", "channels_last_3d", ("segresnet", conv_feature_size), use_channels_last),
+    sizes = [int(v) for v in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]  # fire: 96 or 64,96
+    cases = (  # (network, option, builder, the network_options switch)
+        ("SwinUNETR", "fused attention", ("swinunetr", swin_feature_size), "fused_attention"),
+        ("U-Net", "channels_last_3d", ("unet", conv_feature_size), "channels_last"),
+        ("SegResNet", "channels_last_3d", ("segresnet", conv_feature_size), "channels_last"),
     )
     started = time.perf_counter()
     rows = []
     for size in sizes:
-        for name, option, (arch, feature_size), apply in cases:
+        for name, option, (arch, feature_size), switch in cases:
             torch.manual_seed(0)
             baseline = build_segmenter(arch, 1, 2, feature_size=feature_size)
-            optioned = copy.deepcopy(baseline)
-            apply(optioned)
+            optioned = network_options(copy.deepcopy(baseline), **{switch: True})  # the builders' switch
             label = f"{name} fs {feature_size} {size}^3"
             print(f"{label}: default vs {option}", flush=True)
             times = interleaved(

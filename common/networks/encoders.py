@@ -84,15 +84,15 @@ def build_encoder(
         encoder = ENCODERS[entry.encoder](**{**entry.config, **config})
         if path:
             load_published(encoder, path, name)
-        return network_options(encoder, fused_attention, channels_last, encoder.spatial_dims)
-    if name not in ENCODERS:
+    elif name in ENCODERS:
+        encoder = ENCODERS[name](**config)
+        if path:
+            load_encoder(encoder, path)
+    else:
         raise ValueError(
             f"unknown encoder {name!r}; choose an encoder of {sorted(ENCODERS)} or a published checkpoint of "
             f"{sorted(PUBLISHED)}"
         )
-    encoder = ENCODERS[name](**config)
-    if path:
-        load_encoder(encoder, path)
     return network_options(encoder, fused_attention, channels_last, encoder.spatial_dims)
 
 

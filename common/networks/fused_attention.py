@@ -53,38 +53,12 @@ class FusedWindowAttention(WindowAttention):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
-def fused_from(attention: WindowAttention) -> FusedWindowAttention:
-    """A :class:`FusedWindowAttention` that holds ``attention``'s own submodules, parameters and buffers
-    (the same tensor objects: an optimiser built before the swap keeps updating them)."""
-    fused = FusedWindowAttention(
-        attention.dim,
-        attention.num_heads,
-        attention.window_size,
-        qkv_bias=attention.qkv.bias is not None,
-        attn_drop=attention.attn_drop.p,
-        proj_drop=attention.proj_drop.p,
-    )
-    for name, child in attention.named_children():
-        setattr(fused, name, child)
-    for name, parameter in attention.named_parameters(recurse=False):
-        setattr(fused, name, parameter)
-    for name, buffer in attention.named_buffers(recurse=False):
-        fused.register_buffer(name, buffer, persistent=name not in attention._non_persistent_buffers_set)
-    fused.scale = attention.scale
-    return fused.train(attention.training)
-
-
 def use_fused_attention(network: nn.Module) -> int:
     """Replace, in place, every MONAI ``WindowAttention`` inside ``network`` (SwinUNETR,
     ``SwinTransformer``, the collection's ``SwinEncoder`` 2D/3D, anything holding them) by a
     :class:`FusedWindowAttention` sharing its parameters; the state dict is unchanged. Returns how many
     were replaced (0 for a network without Swin attention; already fused ones are not counted)."""
-    targets = [
-        (parent, name, child)
-        for parent in network.modules()
-        for name, child in parent.named_children()
-        if type(child) is WindowAttention
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, fused_from(child))
+    targets = [module for module in network.modules() if type(module) is WindowAttention]
+    for attention in targets:  # only ``forward`` differs: the same module keeps its parameters and buffers
+        attention.__class__ = FusedWindowAttention
     return len(targets)
