@@ -42,8 +42,7 @@ from common.transforms import MultiCropd, coda_transforms, leader_transforms, po
 
 RADIOGRAPHS = REPO_ROOT / "data_lists" / "radiograph_pretrain.json"
 RADIOGRAPH_BOXES = REPO_ROOT / "data_lists" / "radiograph_boxes.json"
-GLOBAL_CROP = dict(global_size=32, global_scale=(0.4, 1.0))  # the DINO bundle's scales, sizes reduced
-MASKED_CROP = dict(global_size=32, global_scale=(0.4, 1.0))  # 8 mask blocks of 16 voxels
+GLOBAL_CROP = dict(global_size=32, global_scale=(0.4, 1.0))  # DINO bundle scales, reduced size: 8 mask cells
 
 
 # ---------------------------------------------------------------- recording and naming
@@ -299,7 +298,7 @@ def distilled_masked(request, volumes):
     method = build()
     method.teacher_temp = 0.04
     require_grad(*ema_teachers(method))
-    batch = ssl_batch(volumes, 1, num_global=2, num_local=num_local, local_size=32, **MASKED_CROP)
+    batch = ssl_batch(volumes, 1, num_global=2, num_local=num_local, local_size=32, **GLOBAL_CROP)
     outputs, inputs = masked_modules(method.encoder, "student")
     t_outputs, t_inputs = masked_modules(method.teacher_encoder, "teacher")
     outputs = {**outputs, **t_outputs, "teacher_head": method.teacher_head}
@@ -360,7 +359,7 @@ def test_ibot_smit_gradient_stops_at_the_teacher(distilled_masked):
 def test_mae_simmim_mask_the_one_global_view(build, volumes):
     torch.manual_seed(0)
     method = build()
-    batch = ssl_batch(volumes, 2, num_global=1, **MASKED_CROP)
+    batch = ssl_batch(volumes, 2, num_global=1, **GLOBAL_CROP)
     outputs, inputs = masked_modules(method.encoder, "student")
     with Trace(outputs, inputs) as trace:
         method(batch)

@@ -82,10 +82,6 @@ def _write(path: Path, study: dict) -> Path:
     return path
 
 
-def _results(work_dir: Path) -> dict:
-    return json.loads((work_dir / "results.json").read_text())["cells"]
-
-
 def _stamps(work_dir: Path) -> dict:
     """``{cell id: mtime of its result.json}`` for the finished cells."""
     return {p.parent.name: p.stat().st_mtime_ns for p in (work_dir / "cells").glob("*/result.json")}
@@ -150,7 +146,7 @@ def test_micro_study_resumes_reruns_changed_cells_and_records_failures(prepared_
             "0",
         )
         assert runs[cell["run_id"]]["histories"]["train_loss"]
-    assert tags["encoder_file"] == (str(encoder.resolve()) if cell["encoder"] == "random" else "")
+        assert tags["encoder_file"] == (str(encoder.resolve()) if cell["encoder"] == "random" else "")
 
     # one changed setting (the linear head's learning rate) and a failing cell: only those run
     _write(study, micro_study(encoder, linear_lr=2e-3, broken=True))
@@ -159,7 +155,8 @@ def test_micro_study_resumes_reruns_changed_cells_and_records_failures(prepared_
     assert set(new_ids) & set(ids) == set(full) and len(new_ids) == 5
     before = _stamps(work_dir)
     record = run_study(study, jobs=2, work_dir=work_dir)
-    assert {i: _stamps(work_dir)[i] for i in full} == {i: before[i] for i in full}
+    after = _stamps(work_dir)
+    assert {i: after[i] for i in full} == {i: before[i] for i in full}
     states = {i: record["cells"][i]["status"] for i in new_ids}
     broken = [i for i in new_ids if ".broken." in i]
     assert states == {i: "failed" if i in broken else "done" for i in new_ids}
