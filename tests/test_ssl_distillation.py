@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from common.losses.dino import DINOLoss, sharpened_targets
+from common.losses.dino import DINOLoss, entropy, sharpened_targets
 from common.losses.ibot import IBOTPatchLoss
 from common.ssl.dino import DINO
 from common.ssl.ibot import IBOT
@@ -64,6 +64,40 @@ def test_dino_loss_matches_naive_loop_over_pairs_and_samples():
             pairs += 1
     assert pairs == 2 * 3
     assert loss_fn(student, teacher, temp).item() == pytest.approx(total / pairs, abs=TOL)
+
+
+def _kl_naive(teacher_row, center, teacher_temp, student_row, student_temp) -> float:
+    """KL(P_t || P_s) = sum_k P_t[k] (log P_t[k] - log P_s[k]), written out."""
+    log_t = _log_softmax_naive([t - c for t, c in zip(teacher_row, center, strict=True)], teacher_temp)
+    log_s = _log_softmax_naive(student_row, student_temp)
+    return sum(math.exp(lt) * (lt - ls) for lt, ls in zip(log_t, log_s, strict=True))
+
+
+@pytest.mark.parametrize("exclude_same_view", [True, False])
+def test_dino_loss_minus_teacher_entropy_is_the_mean_kl_over_pairs(exclude_same_view):
+    """DINO Sec. 5.3: H(P_t, P_s) = h(P_t) + KL(P_t || P_s); the KL part against a naive loop."""
+    g = torch.Generator().manual_seed(1)
+    batch, dim, temp = 3, 6, 0.04
+    student = [torch.randn(batch, dim, generator=g, dtype=torch.float64) for _ in range(3)]
+    teacher = [torch.randn(batch, dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    loss_fn = DINOLoss(dim).double()
+    loss_fn.center.copy_(torch.randn(dim, generator=g, dtype=torch.float64))
+    center = loss_fn.center.tolist()
+    kls = [
+        _kl_naive(teacher[i][b].tolist(), center, temp, student[v][b].tolist(), 0.1)
+        for i in range(2)
+        for v in range(3)
+        if v != i or not exclude_same_view
+        for b in range(batch)
+    ]
+    loss = loss_fn(student, teacher, temp, exclude_same_view=exclude_same_view)
+    assert (loss - loss_fn.teacher_entropy).item() == pytest.approx(sum(kls) / len(kls), abs=TOL)
+
+
+def test_teacher_entropy_hand_cases():
+    uniform = torch.full((2, 4), 0.25, dtype=torch.float64)
+    assert entropy(uniform).tolist() == pytest.approx([math.log(4)] * 2)
+    assert entropy(torch.tensor([[1.0, 0.0, 0.0]])).item() == 0.0
 
 
 def test_dino_loss_identical_one_hot_views_give_the_minimum():
@@ -173,6 +207,23 @@ def test_ibot_patch_loss_matches_naive_loop_over_masked_tokens():
     assert loss_fn(student, teacher, masks, 0.06).item() == pytest.approx(expected, abs=TOL)
 
 
+def test_ibot_patch_loss_minus_teacher_entropy_is_the_masked_mean_kl():
+    student, teacher, masks = _patch_inputs(7)
+    loss_fn = IBOTPatchLoss(6).double()
+    loss_fn.center.copy_(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    center = loss_fn.center.tolist()
+    per_view = []
+    for s_view, t_view, m_view in zip(student, teacher, masks, strict=True):
+        per_image = []
+        for b in range(s_view.shape[0]):
+            masked = [n for n in range(s_view.shape[1]) if m_view[b, n]]
+            kl = [_kl_naive(t_view[b, n].tolist(), center, 0.05, s_view[b, n].tolist(), 0.1) for n in masked]
+            per_image.append(sum(kl) / max(1, len(masked)))
+        per_view.append(sum(per_image) / len(per_image))
+    loss = loss_fn(student, teacher, masks, 0.05)
+    assert (loss - loss_fn.teacher_entropy).item() == pytest.approx(sum(per_view) / len(per_view), abs=TOL)
+
+
 def test_ibot_patch_loss_ignores_unmasked_tokens():
     student, teacher, masks = _patch_inputs(5)
     reference = IBOTPatchLoss(6).double()(student, teacher, masks, 0.05).item()
@@ -270,17 +321,17 @@ def _views(shape, num_global, num_local=0, seed=0):
 
 TINY = dict(feature_size=12, out_dim=64, hidden_dim=32, bottleneck_dim=16)
 CASES = {
-    "dino": (lambda: DINO(**TINY), ((32, 32, 32), 2, 1), ("loss", "dino")),
+    "dino": (lambda: DINO(**TINY), ((32, 32, 32), 2, 1), ("loss", "dino", "dino_kl")),
     # half of the 4 x 2 x 2 stride-16 tokens of each 64 x 32 x 32 view is masked
     "ibot": (
         lambda: IBOT(**TINY, mask_ratio=(0.5, 0.5), mask_probability=1.0),
         ((64, 32, 32), 2, 0),
-        ("loss", "cls", "patch"),
+        ("loss", "cls", "patch", "cls_kl", "patch_kl"),
     ),
     "smit": (
         lambda: SMIT(**TINY, mask_ratio=0.5),
         ((64, 32, 32), 2, 0),
-        ("loss", "reconstruction", "patch", "global"),
+        ("loss", "reconstruction", "patch", "global", "global_kl", "patch_kl"),
     ),
 }
 

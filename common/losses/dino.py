@@ -6,6 +6,11 @@ student's for every view is ``P_s = softmax(g_s / tau_s)``; the loss is the cros
 view ``i``, student view ``v``) with ``v != i`` and divided by the number of pairs (Eq. 2-3; the division is
 DINO's code). After the loss the centre moves to the teacher outputs' batch mean,
 ``c <- m c + (1 - m) mean(g_t)`` (Eq. 4), the mean taken over every rank when training is distributed.
+
+Collapse monitor (Sec. 5.3, Fig. 7): the cross-entropy splits as ``H(P_t, P_s) = h(P_t) + KL(P_t || P_s)``.
+After each call the loss keeps ``teacher_entropy``, the mean ``h(P_t)`` over the same pairs, so that
+``loss - teacher_entropy`` is the mean KL, the part the student can lower: the cross-entropy alone can rise
+while the student learns (the targets flatten as the centre catches up), the KL falls.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ def update_center_(center: torch.Tensor, teacher_rows: torch.Tensor, momentum: f
     center.mul_(momentum).add_(total / count, alpha=1.0 - momentum)
 
 
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """``h(p) = -sum_k p[k] log p[k]`` over the last axis (``0 log 0 = 0``)."""
+    return -torch.special.xlogy(probabilities, probabilities).sum(-1)
+
+
 def sharpened_targets(
     teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float
 ) -> torch.Tensor:
@@ -52,6 +62,7 @@ class DINOLoss(nn.Module):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(out_dim))
+        self.teacher_entropy = torch.tensor(float("nan"))
 
     def forward(
         self,
@@ -62,14 +73,16 @@ class DINOLoss(nn.Module):
     ) -> torch.Tensor:
         targets = [sharpened_targets(t, self.center, teacher_temp) for t in teacher_outputs]
         log_probs = [F.log_softmax(s / self.student_temp, dim=-1) for s in student_outputs]
-        terms = [
-            -(target * log_prob).sum(-1).mean()
-            for i, target in enumerate(targets)
-            for v, log_prob in enumerate(log_probs)
+        pairs = [
+            (i, v)
+            for i in range(len(targets))
+            for v in range(len(log_probs))
             if v != i or not exclude_same_view
         ]
-        if not terms:
+        if not pairs:
             raise ValueError("DINO's loss needs at least one (teacher view, other student view) pair")
-        loss = torch.stack(terms).mean()
+        loss = torch.stack([-(targets[i] * log_probs[v]).sum(-1).mean() for i, v in pairs]).mean()
+        entropies = [entropy(target).mean() for target in targets]
+        self.teacher_entropy = torch.stack([entropies[i] for i, _ in pairs]).mean()
         update_center_(self.center, torch.cat(teacher_outputs), self.center_momentum)
         return loss

@@ -67,3 +67,10 @@ def make_teacher(student: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def kl_part(loss: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    """``loss - criterion.teacher_entropy``, detached: the KL(P_t || P_s) part of a DINO-type cross-entropy
+    just computed by ``criterion`` (DINO, Sec. 5.3, Fig. 7: the part that falls while the student learns,
+    whereas the cross-entropy follows the targets' entropy)."""
+    return (loss - criterion.teacher_entropy).detach()

@@ -16,7 +16,7 @@ from torch import nn
 from ..losses.dino import DINOLoss
 from ..networks.heads import DINOHead
 from ..networks.swin import SwinEncoder
-from .base import SSLMethod, make_teacher, views
+from .base import SSLMethod, kl_part, make_teacher, views
 
 
 def multi_crop_outputs(encoder: nn.Module, head: nn.Module, crops: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -63,4 +63,4 @@ class DINO(SSLMethod):
         student = multi_crop_outputs(self.encoder, self.head, global_views)
         student += multi_crop_outputs(self.encoder, self.head, local_views)
         loss = self.criterion(student, teacher, self.teacher_temp)
-        return {"loss": loss, "dino": loss.detach()}
+        return {"loss": loss, "dino": loss.detach(), "dino_kl": kl_part(loss, self.criterion)}

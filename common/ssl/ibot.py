@@ -34,7 +34,7 @@ from ..losses.dino import DINOLoss
 from ..losses.ibot import IBOTPatchLoss
 from ..networks.heads import DINOHead
 from ..networks.swin import SwinEncoder, tokens
-from .base import SSLMethod, make_teacher, views
+from .base import SSLMethod, kl_part, make_teacher, views
 from .dino import multi_crop_outputs
 from .masking import TOKEN_STRIDE, check_mask_patch_size, masked_patches, patch_mask_for, token_mask
 
@@ -157,4 +157,10 @@ class IBOT(SSLMethod):
             x, student_maps, mask, len(global_views), views(batch, "local")
         )
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
-        return {"loss": loss, "cls": cls_loss.detach(), "patch": patch_loss.detach()}
+        return {
+            "loss": loss,
+            "cls": cls_loss.detach(),
+            "patch": patch_loss.detach(),
+            "cls_kl": kl_part(cls_loss, self.cls_criterion),
+            "patch_kl": kl_part(patch_loss, self.patch_criterion),
+        }

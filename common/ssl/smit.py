@@ -28,7 +28,7 @@ import torch
 from ..losses.simmim import masked_l1_loss
 from ..networks.swin import PATCH_SIZE
 from ..transforms.masking import upsample_mask
-from .base import views
+from .base import kl_part, views
 from .ibot import IBOT
 from .masking import TOKEN_STRIDE
 from .simmim import ReconstructionHead
@@ -94,4 +94,6 @@ class SMIT(IBOT):
             "reconstruction": reconstruction.detach(),
             "patch": patch_loss.detach(),
             "global": global_loss.detach(),
+            "global_kl": kl_part(global_loss, self.cls_criterion),
+            "patch_kl": kl_part(patch_loss, self.patch_criterion),
         }
