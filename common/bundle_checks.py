@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -282,7 +284,12 @@ def check_net_in_out(bundle: Path, **overrides) -> None:
 
 
 def check_distributed(
-    bundle: Path, work_dir: Path, nproc: int = 2, timeout: int = 900, tracking: bool = True
+    bundle: Path,
+    work_dir: Path,
+    nproc: int = 2,
+    timeout: int = 900,
+    tracking: bool = True,
+    nnodes: int = 1,
 ) -> None:
     """``[train, multi_gpu_train, smoke]`` through ``torchrun --nproc_per_node`` (gloo on a CPU machine),
     then two checks of the run:
@@ -296,6 +303,11 @@ def check_distributed(
       must hold nothing. With ``tracking`` (the default), the run also logs to MLflow (``--tracking
       mlflow``), whose store must be in rank 0's ``output_dir`` only. MONAI's tracking writes its executed
       config (``config_<time>.json``) on every rank; that file is not counted.
+
+    ``nnodes=1`` runs one ``torchrun --standalone``. ``nnodes > 1`` runs ``nnodes`` "nodes" on this machine
+    as a cluster would: one ``torchrun --nnodes <nnodes> --node_rank <k>`` per node, launched together,
+    meeting by c10d rendezvous at ``127.0.0.1:<free port>`` (:func:`torchrun_commands`); the ranks are
+    ``nnodes * nproc`` global ranks, device and data shard chosen by ``LOCAL_RANK`` and ``RANK``.
     """
     files = [config_path(bundle, n) for n in ("train.json", "multi_gpu_train.json", "smoke.json")]
     root = Path(work_dir) / "distributed"
@@ -303,21 +315,39 @@ def check_distributed(
     digests = str(root / "weights_rank{rank}.json")
     mixin = root / "weights_digest.json"
     mixin.write_text(json.dumps({"+run": [f"$common.engines.write_weights_digest(@network, {digests!r})"]}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps([*files, str(mixin)])]
+    run = ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps([*files, str(mixin)])]
     for key, sub in (("ckpt_dir", "models"), ("output_dir", "eval")):
-        cmd += [f"--{key}", f"$'{root / sub}/rank' + os.environ['RANK']"]
+        run += [f"--{key}", f"$'{root / sub}/rank' + os.environ['RANK']"]
     if tracking:
-        cmd += ["--tracking", "mlflow"]
+        run += ["--tracking", "mlflow"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-25:])
-        raise BundleCheckError(f"{files[1]}: torchrun exited {result.returncode}:\n{tail}")
-    differing = compare_weights_digests([digests.format(rank=r) for r in range(nproc)])
+    commands = torchrun_commands(nproc, nnodes, f"{bundle.name}-{os.getpid()}")
+    logs = [root / f"torchrun_node{node}.log" for node in range(len(commands))]
+    deadline = time.monotonic() + timeout
+    processes = []
+    try:
+        for command, log in zip(commands, logs, strict=True):
+            with log.open("w") as out:  # a file, not a pipe: a node never blocks on its output
+                processes.append(
+                    subprocess.Popen(
+                        command + run, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+                    )
+                )
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.terminate()  # torchrun stops its workers on SIGTERM
+                p.wait(timeout=60)
+    for node, (code, log) in enumerate(zip(codes, logs, strict=True)):
+        if code != 0:
+            tail = "\n".join(log.read_text().splitlines()[-25:])
+            raise BundleCheckError(f"{files[1]}: torchrun (node {node} of {nnodes}) exited {code}:\n{tail}")
+    world = nproc * nnodes
+    differing = compare_weights_digests([digests.format(rank=r) for r in range(world)])
     if differing:
         raise BundleCheckError(
-            f"{files[1]}: the {nproc} ranks hold different weights after training in {len(differing)} "
+            f"{files[1]}: the {world} ranks hold different weights after training in {len(differing)} "
             f"tensors: {differing[:10]}"
         )
     models, output = root / "models" / "rank0", root / "eval" / "rank0"
@@ -325,10 +355,27 @@ def check_distributed(
         raise BundleCheckError(f"{files[1]}: distributed training wrote no checkpoint in {models}")
     if tracking and not (output / "mlruns.db").is_file():
         raise BundleCheckError(f"{files[1]}: --tracking mlflow wrote no {output / 'mlruns.db'}")
-    for rank in range(1, nproc):
+    for rank in range(1, world):
         written = _written_by_rank(root, rank)
         if written:
             raise BundleCheckError(f"{files[1]}: rank {rank} wrote {written[:5]}; only rank 0 should write")
+
+
+def torchrun_commands(nproc: int, nnodes: int, rdzv_id: str) -> list[list[str]]:
+    """The ``torchrun`` command of each node: one ``--standalone`` command for one node; for more, one
+    command per ``--node_rank``, all meeting by c10d rendezvous at ``127.0.0.1`` on a free port (what a
+    SLURM job runs on each node, with the head node's address instead)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1:
+        return [[*torchrun, "--standalone"]]
+    with socket.socket() as probe:  # a port free now; the rendezvous binds it an instant later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rendezvous = ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}"]
+    return [
+        [*torchrun, f"--nnodes={nnodes}", f"--node_rank={k}", "--local_addr=127.0.0.1", *rendezvous]
+        for k in range(nnodes)
+    ]
 
 
 def _written_by_rank(root: Path, rank: int) -> list[Path]:

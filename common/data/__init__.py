@@ -2,17 +2,20 @@
 checks before training."""
 
 from .cache import CACHE_ENV, DATA_LISTS_DIR, cache_root, dataset_dir
+from .checked_loading import CheckedLoadd, with_content_check
 from .datalists import add_fewshot_keys, fewshot_key, fewshot_split, read_key
 from .fetch import DataFetchError, fetch
 from .labels import MULTIORGAN_CT_CLASSES, remap_to_classes
-from .validation import ON_BAD_SAMPLE, check_sample, load_datalist
+from .validation import ON_BAD_SAMPLE, Datalist, check_sample, load_datalist
 
 __all__ = [
     "CACHE_ENV",
     "DATA_LISTS_DIR",
     "MULTIORGAN_CT_CLASSES",
     "ON_BAD_SAMPLE",
+    "CheckedLoadd",
     "DataFetchError",
+    "Datalist",
     "add_fewshot_keys",
     "cache_root",
     "check_sample",
@@ -23,4 +26,5 @@ __all__ = [
     "load_datalist",
     "read_key",
     "remap_to_classes",
+    "with_content_check",
 ]
