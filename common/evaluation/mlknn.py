@@ -33,19 +33,26 @@ def _normalised(feats, name: str) -> torch.Tensor:
     return nn.functional.normalize(x, dim=1)
 
 
-def neighbour_label_counts(
-    queries: torch.Tensor, train: torch.Tensor, labels: torch.Tensor, k: int, exclude_self: bool, chunk: int
-) -> torch.Tensor:
-    """``(N_query, C)``: per label, how many of each query's ``k`` most cosine-similar training samples carry
-    it; ``exclude_self`` (queries are the training samples) leaves each sample out of its own neighbours."""
-    counts = []
+def nearest_neighbours(
+    queries: torch.Tensor, train: torch.Tensor, k: int, chunk: int, exclude_self: bool = False
+):
+    """Yield ``(similarity, index)`` ``(n, k)`` for ``chunk`` queries at a time: the ``k`` training samples of
+    highest cosine similarity (the features are l2-normalised); ``exclude_self`` (queries are the training
+    samples) leaves each sample out of its own neighbours."""
     for start in range(0, queries.shape[0], chunk):
         similarity = queries[start : start + chunk] @ train.T
         if exclude_self:
             rows = torch.arange(similarity.shape[0])
             similarity[rows, rows + start] = float("-inf")
-        index = similarity.topk(k, dim=1).indices
-        counts.append(labels[index].sum(1))
+        yield similarity.topk(k, dim=1)
+
+
+def neighbour_label_counts(
+    queries: torch.Tensor, train: torch.Tensor, labels: torch.Tensor, k: int, exclude_self: bool, chunk: int
+) -> torch.Tensor:
+    """``(N_query, C)``: per label, how many of each query's ``k`` most cosine-similar training samples carry
+    it (:func:`nearest_neighbours`)."""
+    counts = [labels[index].sum(1) for _, index in nearest_neighbours(queries, train, k, chunk, exclude_self)]
     return torch.cat(counts).long()
 
 
@@ -105,6 +112,8 @@ def fit_mlknn(train_feats, train_labels, k: int = 10, smoothing: float = 1.0, ch
     return MLkNN(k, smoothing, prior, likelihood, train, labels, chunk)
 
 
-def mlknn_predict(train_feats, train_labels, test_feats, k: int = 10, smoothing: float = 1.0) -> torch.Tensor:
+def mlknn_predict(
+    train_feats, train_labels, test_feats, k: int = 10, smoothing: float = 1.0, chunk: int = 1024
+) -> torch.Tensor:
     """ML-kNN scores ``(N_test, C)``: the posterior probability of each label (:class:`MLkNN`)."""
-    return fit_mlknn(train_feats, train_labels, k, smoothing).posterior(test_feats)
+    return fit_mlknn(train_feats, train_labels, k, smoothing, chunk).posterior(test_feats)

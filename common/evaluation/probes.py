@@ -28,7 +28,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ..networks.classifier import embed
-from .mlknn import mlknn_predict
+from .mlknn import mlknn_predict, nearest_neighbours
 
 MULTILABEL_KNN = ("mlknn", "weighted")
 
@@ -140,7 +140,7 @@ def knn_predict(
         raise ValueError(f"k must be in [1, {train.shape[0]}] (the training set size), got {k}")
     if _is_multilabel(labels, "train_labels"):
         if multilabel == "mlknn":
-            return mlknn_predict(train, labels, test, k).float()
+            return mlknn_predict(train, labels, test, k, chunk=chunk).float()
         votes = labels.to(torch.float64)
     else:
         classes = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -148,8 +148,7 @@ def knn_predict(
             raise ValueError(f"train_labels must be in [0, {classes}), got [{labels.min()}, {labels.max()}]")
         votes = nn.functional.one_hot(labels.long(), classes).to(torch.float64)
     scores = []
-    for queries in test.split(chunk):
-        similarity, index = (queries @ train.T).topk(k, dim=1)
+    for similarity, index in nearest_neighbours(test, train, k, chunk):
         weights = (similarity / temperature).exp()
         class_scores = torch.einsum("nk,nkc->nc", weights, votes[index])
         scores.append(class_scores / weights.sum(1, keepdim=True) if labels.ndim == 2 else class_scores)
