@@ -22,11 +22,13 @@ cannot align, so they raise a ``ValueError``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from monai.networks.layers import DropPath
 from torch import nn
 
+from .heads import trunc_normal_init_
 from .swin import tokens as map_tokens
 
 # (depths, dims) of the paper's Sec. 2.6 variants.
@@ -150,7 +152,8 @@ class ConvNeXt(nn.Module):
             for i in range(4)
         )
         self.norm = nn.LayerNorm(dims[-1], eps=LAYER_NORM_EPS)
-        self.apply(_init_weights)
+        # truncated-normal (0.02) weights and zero biases for convolutions and linear layers (reference code)
+        self.apply(partial(trunc_normal_init_, types=(nn.Conv2d, nn.Conv3d, nn.Linear)))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
@@ -180,11 +183,3 @@ class ConvNeXt(nn.Module):
     def tokens(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
         """``(None, last stage map as tokens (B, N, dims[-1]))``: ConvNeXt has no [CLS] token."""
         return None, map_tokens(self.features(x)[-1])
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal (std 0.02) weights and zero biases for convolutions and linear layers, as the
-    reference implementation."""
-    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)

@@ -23,11 +23,14 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def trunc_normal_init_(module: nn.Module, std: float = 0.02) -> None:
-    """A linear layer's weight drawn from a normal of std ``std`` truncated at +-2, its bias set to 0 (the
-    reference code of DINO, Caron et al. 2021: ``DINOHead._init_weights``); other modules are left as they
-    are. Meant for ``module.apply``."""
-    if isinstance(module, nn.Linear):
+def trunc_normal_init_(
+    module: nn.Module, std: float = 0.02, types: tuple[type[nn.Module], ...] = (nn.Linear,)
+) -> None:
+    """The weight of a module of ``types`` (by default linear layers) drawn from a normal of std ``std``
+    truncated at +-2, its bias set to 0: the initialisation of DINO's head (Caron et al. 2021,
+    ``DINOHead._init_weights``), of the ViT of DINOv2 and of ConvNeXt (``types`` with the convolutions);
+    other modules are left as they are. Meant for ``module.apply``."""
+    if isinstance(module, types):
         nn.init.trunc_normal_(module.weight, std=std, a=-2.0, b=2.0)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

@@ -31,6 +31,8 @@ from monai.networks.layers import DropPath
 from torch import nn
 from torch.nn import functional as F
 
+from .heads import trunc_normal_init_
+
 # embed_dim, depth, num_heads (and ffn) of DINOv2's hub models vit_small, vit_base, vit_large, vit_giant2.
 VIT_VARIANTS: dict[str, dict] = {
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
@@ -280,10 +282,7 @@ class ViT(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=1e-6)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        self.apply(trunc_normal_init_)
 
     def patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
         """The patch grid ``(H / p, W / p)`` of an input ``(B, in_channels, H, W)``; ``ValueError`` for other
