@@ -23,15 +23,17 @@ crop first.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
+import blosc2
 import numpy as np
 import torch
 from monai.data import Dataset, MetaTensor
 from monai.transforms import Compose, Randomizable, Transform
+from monai.utils import ensure_tuple_rep
 
-from ..transforms.builders import _as_tuple
 from .store import FOREGROUND_KEY, load_locations, load_manifest, open_volume, read_patch
 from .validation import ON_BAD_SAMPLE
 
@@ -40,10 +42,22 @@ logger = logging.getLogger(__name__)
 CROP_MODES = ("uniform", "pos_neg", "classes")
 # each process keeps the class locations of the items it cropped last (28 classes x 300 voxels: ~0.1 MB each)
 _cached_locations = lru_cache(maxsize=256)(load_locations)
+_single_threaded_pid = None
+
+
+def _one_blosc2_thread_in_workers() -> None:
+    """``blosc2.set_nthreads(1)`` once in each ``DataLoader`` worker process (see the module docstring)."""
+    global _single_threaded_pid
+    if _single_threaded_pid != os.getpid() and torch.utils.data.get_worker_info() is not None:
+        blosc2.set_nthreads(1)
+        _single_threaded_pid = os.getpid()
 
 
 class RandStorePatchd(Randomizable, Transform):
-    """``num_samples`` random crops of ``roi_size`` from one store record (see the module docstring)."""
+    """``num_samples`` random crops of ``roi_size`` from one store record (see the module docstring).
+
+    ``expect``: the preprocessing settings these crops stand in for (keys of the manifest's ``pipeline``),
+    checked against the store by :func:`common.data.train_data.train_dataset`."""
 
     def __init__(
         self,
@@ -55,18 +69,20 @@ class RandStorePatchd(Randomizable, Transform):
         ratios: Sequence[float] | None = None,
         image_key: str = "image",
         label_key: str = "label",
+        expect: Mapping | None = None,
     ) -> None:
         if mode not in CROP_MODES:
             raise ValueError(f"unknown crop mode {mode!r}; choose one of {CROP_MODES}")
         if mode == "pos_neg" and (pos < 0 or neg < 0 or pos + neg == 0):
             raise ValueError(f"pos and neg must be non-negative and not both zero, got {pos}, {neg}")
-        self.roi_size = _as_tuple(roi_size, 3)
+        self.roi_size = ensure_tuple_rep(roi_size, 3)
         self.mode = mode
         self.num_samples = num_samples
         self.pos_ratio = pos / (pos + neg) if mode == "pos_neg" else None
         self.ratios = None if ratios is None else [float(r) for r in ratios]
         self.image_key = image_key
         self.label_key = label_key
+        self.expect = dict(expect or {})
 
     def _class_weights(
         self, record: Mapping, locations: Mapping[str, np.ndarray]
@@ -130,6 +146,7 @@ class RandStorePatchd(Randomizable, Transform):
         return sample
 
     def __call__(self, record: Mapping) -> list[dict]:
+        _one_blosc2_thread_in_workers()
         locations = None
         if self.mode != "uniform":
             if "locations" not in record:
@@ -149,13 +166,28 @@ class RandStorePatchd(Randomizable, Transform):
         return samples
 
 
-def store_records(manifest: str, on_bad_sample: str = "raise") -> list[dict]:
-    """The finished items of a store's manifest (file paths resolved). Items that failed preprocessing stop
-    here with ``on_bad_sample="raise"`` (naming each one's files and error) and are left out, logged, with
-    ``"skip"``, the policy of :func:`common.data.validation.load_datalist`."""
+class StoreVolumed(Transform):
+    """A store record -> its datalist fields (``modality``, ...) with the item's image under ``key`` as the
+    opened, still compressed blosc2 array (:func:`common.data.store.open_volume`): the transforms that follow
+    slice it, and only the blocks of those slices are read. ``expect`` as :class:`RandStorePatchd`'s."""
+
+    def __init__(self, key: str = "image", expect: Mapping | None = None) -> None:
+        self.key = key
+        self.expect = dict(expect or {})
+
+    def __call__(self, record: Mapping) -> dict:
+        _one_blosc2_thread_in_workers()
+        return {**record.get("fields", {}), self.key: open_volume(record["image"])}
+
+
+def store_records(manifest: str, on_bad_sample: str = "raise", data: Mapping | None = None) -> list[dict]:
+    """The finished items of a store's manifest (file paths resolved; ``data``: the manifest if
+    :func:`load_manifest` has read it already). Items that failed preprocessing stop here with
+    ``on_bad_sample="raise"`` (naming each one's files and error) and are left out, logged, with ``"skip"``,
+    the policy of :func:`common.data.validation.load_datalist`."""
     if on_bad_sample not in ON_BAD_SAMPLE:
         raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
-    data = load_manifest(manifest)
+    data = load_manifest(manifest) if data is None else data
     failed = [f"{r['id']} {r.get('files')}: {r.get('error')}" for r in data["failed"]]
     if failed and on_bad_sample == "raise":
         raise ValueError(f"{manifest}: {len(failed)} item(s) failed preprocessing:\n  " + "\n  ".join(failed))

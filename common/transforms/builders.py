@@ -4,6 +4,10 @@ One builder serves 3D volumes (CT, MRI) and 2D images (radiographs): ``spatial_d
 geometry, and :class:`~common.transforms.channels.AdaptChannelsd` maps grayscale, RGB or MONOCHROME1 inputs
 to the network's input channels. Deterministic transforms come first, so a ``CacheDataset`` caches them and
 re-runs only the random ones.
+
+Training pipelines also read a preprocessed store (``data_source="store"``, :mod:`common.data.preprocess`):
+the deterministic transforms were run once, before training, so the pipeline starts at its random part,
+with crops read from the store (:class:`~common.data.patch_dataset.RandStorePatchd`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from collections.abc import Sequence
 import torch
 from monai import transforms as mt
 
+from ..data.patch_dataset import RandStorePatchd
 from .channels import AdaptChannelsd
 from .dims import EnsureSpatialDimsd
 
 INTENSITY_MODES = ("ct", "mr", "minmax")
 STAGES = ("train", "val", "infer")
+DATA_SOURCES = ("nifti", "store")
+CT_WINDOW = (-175.0, 250.0)  # HU: the abdominal soft-tissue window
 
 
 def _as_tuple(value, spatial_dims: int) -> tuple:
@@ -27,7 +34,7 @@ def _as_tuple(value, spatial_dims: int) -> tuple:
     return values
 
 
-def intensity_transform(key: str, mode: str, ct_window: Sequence[float] = (-175.0, 250.0)):
+def intensity_transform(key: str, mode: str, ct_window: Sequence[float] = CT_WINDOW):
     """Intensity normalisation: ``ct`` clips a HU window to [0, 1], ``mr`` z-scores non-zero voxels,
     ``minmax`` rescales to [0, 1] (radiographs, photographs)."""
     if mode == "ct":
@@ -39,6 +46,18 @@ def intensity_transform(key: str, mode: str, ct_window: Sequence[float] = (-175.
     if mode == "minmax":
         return mt.ScaleIntensityd(key, minv=0.0, maxv=1.0)
     raise ValueError(f"unknown intensity mode {mode!r}; choose one of {INTENSITY_MODES}")
+
+
+def check_data_source(data_source: str, spatial_dims: int, in_channels: int) -> None:
+    """A clear error for an unknown ``data_source``, or a store asked for what it does not hold (the store
+    keeps 3D single-channel volumes)."""
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"unknown data_source {data_source!r}; choose one of {DATA_SOURCES}")
+    if data_source == "store" and (spatial_dims, in_channels) != (3, 1):
+        raise ValueError(
+            f"data_source 'store' holds 3D single-channel volumes; got spatial_dims={spatial_dims}, "
+            f"in_channels={in_channels}"
+        )
 
 
 class Spacingd(mt.Spacingd):
@@ -64,7 +83,7 @@ def load_transforms(
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = None,
     intensity: str = "ct",
-    ct_window: Sequence[float] = (-175.0, 250.0),
+    ct_window: Sequence[float] = CT_WINDOW,
     image_key: str = "image",
 ) -> list:
     """Load channel-first, adapt channels, orient (RAS, 3D only), resample to ``pixdim``, normalise."""
@@ -82,29 +101,60 @@ def load_transforms(
     return out
 
 
+def segmentation_random_transforms(image_key: str = "image") -> list:
+    """The intensity jitter after the training crops (scale and shift by up to 10 %, each half the time)."""
+    return [
+        mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
+    ]
+
+
 def segmentation_transforms(
     stage: str,
     spatial_dims: int = 3,
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = None,
     intensity: str = "ct",
-    ct_window: Sequence[float] = (-175.0, 250.0),
+    ct_window: Sequence[float] = CT_WINDOW,
     roi_size: int | Sequence[int] = 64,
     num_samples: int = 2,
     pos_neg: Sequence[float] = (2.0, 1.0),
     num_classes: int | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    data_source: str = "nifti",
 ) -> mt.Compose:
     """The segmentation pipeline of one ``stage``: ``train`` (random crops of ``roi_size`` and intensity
     jitter; with ``num_classes`` the crops are centred on each class equally often, which keeps small
     organs in view, otherwise on foreground versus background at ``pos_neg``), ``val`` (whole volume
     cropped to the body), or ``infer`` (image only, invertible so predictions go back to the input's
     space). No flips or 90-degree rotations: the class lists name left and right structures (ribs,
-    muscles) and tell liver from spleen partly by side, which a mirrored crop would contradict."""
+    muscles) and tell liver from spleen partly by side, which a mirrored crop would contradict.
+
+    ``data_source="store"`` (``train`` only): the items are store records (:mod:`common.data.preprocess`
+    with ``--intensity`` and ``--ct_window`` as here, ``--num_classes``), cropped by
+    :class:`~common.data.patch_dataset.RandStorePatchd` in the same crop mode, then the same random tail."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    check_data_source(data_source, spatial_dims, in_channels)
     keys = [image_key] if stage == "infer" else [image_key, label_key]
+    if data_source == "store":
+        if stage != "train":
+            raise ValueError(f"data_source 'store' serves training crops only, not stage {stage!r}")
+        expect = {"pixdim": pixdim, "intensity": intensity, "num_classes": num_classes}
+        expect.update(crop_foreground=True, **({"ct_window": ct_window} if intensity == "ct" else {}))
+        crop = RandStorePatchd(
+            roi_size,
+            mode="classes" if num_classes else "pos_neg",
+            num_samples=num_samples,
+            pos=pos_neg[0],
+            neg=pos_neg[1],
+            image_key=image_key,
+            label_key=label_key,
+            expect=expect,
+        )
+        random_tail = segmentation_random_transforms(image_key)
+        return mt.Compose([crop, mt.EnsureTyped(keys, track_meta=False), *random_tail])
     out = load_transforms(keys, spatial_dims, in_channels, pixdim, intensity, ct_window, image_key)
     if stage == "infer":  # a served bundle gets any image: name a wrong dimensionality before it fails
         return mt.Compose([out[0], EnsureSpatialDimsd(image_key, spatial_dims), *out[1:]])
@@ -143,11 +193,7 @@ def segmentation_transforms(
                 num_samples=num_samples,
             )
         )
-    out += [
-        mt.RandScaleIntensityd(image_key, factors=0.1, prob=0.5),
-        mt.RandShiftIntensityd(image_key, offsets=0.1, prob=0.5),
-    ]
-    return mt.Compose(out)
+    return mt.Compose([*out, *segmentation_random_transforms(image_key)])
 
 
 def classification_transforms(
@@ -156,7 +202,7 @@ def classification_transforms(
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = None,
     intensity: str = "ct",
-    ct_window: Sequence[float] = (-175.0, 250.0),
+    ct_window: Sequence[float] = CT_WINDOW,
     spatial_size: int | Sequence[int] = 96,
     label_key: str | None = "label",
     multilabel: bool = False,

@@ -85,5 +85,6 @@ def partial_label_transforms(
 ) -> mt.Compose:
     """:func:`~common.transforms.segmentation_transforms` of ``stage`` preceded by
     :class:`AnnotatedClassesd` (one flat Compose, so a CacheDataset still caches the deterministic part)."""
-    pipeline = segmentation_transforms(stage, **segmentation_kwargs)
-    return mt.Compose([AnnotatedClassesd(sources, class_names), *pipeline.transforms])
+    pipeline = segmentation_transforms(stage, **segmentation_kwargs).transforms
+    at = 1 if segmentation_kwargs.get("data_source") == "store" else 0  # store fields come with the crops
+    return mt.Compose([*pipeline[:at], AnnotatedClassesd(sources, class_names), *pipeline[at:]])

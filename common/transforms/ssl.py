@@ -6,6 +6,11 @@ method takes from a batch: ``global_0 .. global_{G-1}`` and ``local_0 .. local_{
 sub-volume covering a fraction of the volume drawn from a scale range, resized to a fixed size and
 augmented. This is DINO's multi-crop (Caron et al. 2021, Sec. 3.1: two global views, several small local
 ones) in 3D; one global view serves the masked and restorative methods, two the contrastive ones.
+
+From a preprocessed store (``data_source="store"``, :mod:`common.data.patch_dataset`) the deterministic part
+was done once, before training: :class:`~common.data.patch_dataset.StoreVolumed` hands the stored volume on
+unread and :class:`MultiCropd` reads only its views' regions, so the views equal those of the NIfTI
+pipeline for the same random draws (to the store's precision).
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_tensor
 
-from .builders import Spacingd, _as_tuple
+from ..data.patch_dataset import StoreVolumed
+from .builders import Spacingd, _as_tuple, check_data_source
 from .channels import AdaptChannelsd
 
 MODALITIES = ("CT", "MR")
+POOL_CT_WINDOW = (-1000.0, 1000.0)  # HU: air to dense bone, the whole body's range for a mixed pool
 
 
 class NormalizeByModalityd(MapTransform):
@@ -34,7 +41,7 @@ class NormalizeByModalityd(MapTransform):
         self,
         keys: KeysCollection,
         modality_key: str = "modality",
-        ct_window: Sequence[float] = (-1000.0, 1000.0),
+        ct_window: Sequence[float] = POOL_CT_WINDOW,
         percentiles: Sequence[float] = (0.5, 99.5),
     ) -> None:
         super().__init__(keys)
@@ -54,7 +61,7 @@ def pool_transforms(
     spatial_dims: int = 3,
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = 2.0,
-    ct_window: Sequence[float] = (-1000.0, 1000.0),
+    ct_window: Sequence[float] = POOL_CT_WINDOW,
     image_key: str = "image",
     track_meta: bool = False,
 ) -> list:
@@ -79,6 +86,8 @@ def pool_transforms(
 class MultiCropd(Randomizable, MapTransform):
     """Random views of ``key`` as new keys ``global_i`` and ``local_i`` (the source key is dropped).
 
+    ``key`` holds a channel-first tensor, or a lazily sliced array (a store's blosc2 array from
+    :class:`~common.data.patch_dataset.StoreVolumed`), of which only the views' regions are read.
     A view covers a random fraction ``s`` of the volume's voxels, ``s ~ U(scale)``: a cube-shaped region of
     side ``s ** (1/D)`` times the volume's geometric-mean side (capped by each axis), resized to
     ``global_size`` / ``local_size``. With ``augment``, each view independently gets intensity scaling and
@@ -135,7 +144,9 @@ class MultiCropd(Randomizable, MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        image = convert_to_tensor(d.pop(self.key), dtype=torch.float32, track_meta=False)
+        image = d.pop(self.key)
+        if isinstance(image, (torch.Tensor, np.ndarray)):
+            image = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
         spatial = image.shape[1:]
         if len(spatial) != self.spatial_dims:
             raise ValueError(
@@ -144,6 +155,7 @@ class MultiCropd(Randomizable, MapTransform):
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         for kind, i, size, scale in self.specs:
             region = image[(slice(None), *self._region(spatial, scale))]
+            region = convert_to_tensor(region, dtype=torch.float32, track_meta=False)  # read if lazy
             view = F.interpolate(region[None], size=size, mode=mode, align_corners=False)[0]
             d[f"{kind}_{i}"] = self._augment(view) if self.augment else view.contiguous()
         return d
@@ -160,10 +172,16 @@ def ssl_transforms(
     spatial_dims: int = 3,
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = 2.0,
-    ct_window: Sequence[float] = (-1000.0, 1000.0),
+    ct_window: Sequence[float] = POOL_CT_WINDOW,
     flip: bool = True,
+    data_source: str = "nifti",
 ) -> mt.Compose:
-    """:func:`pool_transforms` followed by :class:`MultiCropd`: the whole pre-training pipeline."""
+    """:func:`pool_transforms` followed by :class:`MultiCropd`: the whole pre-training pipeline. With
+    ``data_source="store"`` the items are store records (:mod:`common.data.preprocess` with
+    ``--intensity modality``) and :func:`pool_transforms` is replaced by
+    :class:`~common.data.patch_dataset.StoreVolumed`, which states the settings the store must have been
+    preprocessed with (checked by :func:`common.data.train_data.train_dataset`)."""
+    check_data_source(data_source, spatial_dims, in_channels)
     views = MultiCropd(
         "image",
         num_global,
@@ -176,6 +194,9 @@ def ssl_transforms(
         spatial_dims,
         flip,
     )
+    if data_source == "store":
+        expect = {"pixdim": pixdim, "intensity": "modality", "ct_window": ct_window, "crop_foreground": True}
+        return mt.Compose([StoreVolumed("image", expect), views])
     return mt.Compose([*pool_transforms(spatial_dims, in_channels, pixdim, ct_window), views])
 
 
@@ -184,7 +205,7 @@ def embedding_transforms(
     spatial_dims: int = 3,
     in_channels: int = 1,
     pixdim: float | Sequence[float] | None = 2.0,
-    ct_window: Sequence[float] = (-1000.0, 1000.0),
+    ct_window: Sequence[float] = POOL_CT_WINDOW,
 ) -> mt.Compose:
     """Inference input of a pre-training bundle: :func:`pool_transforms`, then the central ``roi_size``
     field of view (padded or cropped), the size the embedding network is traced at."""

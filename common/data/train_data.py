@@ -1,0 +1,112 @@
+"""The training dataset of a 3D train config, from NIfTI volumes or from a preprocessed store.
+
+Every 3D train config has ``store_manifest`` (a store directory or its ``manifest.json``, written by
+``python -m common.data.preprocess``) and ``data_source``, ``"store"`` when a manifest is given and
+``"nifti"`` otherwise. The config's pipeline builder gets ``data_source`` too
+(:func:`~common.transforms.ssl_transforms`, :func:`~common.transforms.segmentation_transforms` and those
+built on them): for the store it starts at the random part of today's pipeline, whose first step reads the
+store and states the preprocessing settings it stands in for (``expect``). :func:`train_dataset` then
+builds today's ``CacheDataset`` over the datalist with the content checks at first read
+(:func:`~common.data.checked_loading.with_content_check`), or a plain ``Dataset`` over the store's records
+after checking the manifest's settings against those expectations: a store preprocessed at another
+spacing, intensity scheme, CT window or number of classes would silently train on other data (its items
+were content-checked when preprocessed).
+
+In a train config::
+
+    "dataset": {
+        "_target_": "common.data.train_data.train_dataset",
+        "data_source": "@data_source",
+        "data": "$common.data.load_datalist(...) if @data_source == 'nifti' else None",
+        "transform": "@train#preprocessing",
+        "manifest": "@store_manifest",
+        ...
+    }
+
+With the store, no NIfTI file is read at start-up (the datalist is not loaded): only ``manifest.json``; a
+``data`` given anyway (a smoke config's sliced datalist) is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose
+from monai.utils import ensure_tuple_rep
+
+from ..transforms.builders import CT_WINDOW, DATA_SOURCES
+from ..transforms.ssl import POOL_CT_WINDOW
+from .checked_loading import with_content_check
+from .patch_dataset import store_records
+from .store import MANIFEST_NAME, load_manifest
+
+# the CT window a store's intensity scheme applied when preprocessing got none (`--ct_window` unset)
+DEFAULT_CT_WINDOWS = {"ct": CT_WINDOW, "modality": POOL_CT_WINDOW}
+
+
+def _canonical(key: str, value, pipeline: Mapping):
+    """``value`` of a pipeline setting in one form: spacings as 3 floats, windows as 2 floats (the scheme's
+    default for None), the rest as is."""
+    if key == "pixdim" and value is not None:
+        return tuple(float(v) for v in ensure_tuple_rep(value, 3))
+    if key == "ct_window":
+        window = DEFAULT_CT_WINDOWS.get(pipeline.get("intensity")) if value is None else value
+        return None if window is None else tuple(float(v) for v in window)
+    return value
+
+
+def check_store_settings(path: str, pipeline: Mapping, expect: Mapping) -> None:
+    """Raise ValueError naming the manifest ``path`` and the first setting of ``expect`` that its
+    ``pipeline`` does not have (compared as :func:`_canonical` forms)."""
+    for key, want in expect.items():
+        have = pipeline.get(key)
+        if _canonical(key, have, pipeline) != _canonical(key, want, {**pipeline, **expect}):
+            raise ValueError(
+                f"{path}: the store was preprocessed with {key}={have!r}, this config uses {key}={want!r}; "
+                f"preprocess again with --{key} (python -m common.data.preprocess) or set {key} to match"
+            )
+
+
+def store_expectations(transform: Callable) -> list[dict]:
+    """The ``expect`` settings of the store-reading steps of ``transform``; ValueError when none reads it."""
+    steps = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    found = [step.expect for step in steps if hasattr(step, "expect")]
+    if not found:
+        raise ValueError(
+            "data_source 'store': the train transform has no step that reads the store (build it with "
+            f"data_source='store'); its steps: {[type(s).__name__ for s in steps]}"
+        )
+    return found
+
+
+def train_dataset(
+    data_source: str,
+    transform: Callable,
+    data: Sequence | None = None,
+    manifest: str | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+    on_bad_sample: str = "raise",
+) -> Dataset:
+    """``"nifti"``: ``CacheDataset(data, with_content_check(transform, data), cache_rate, num_workers)``,
+    today's dataset.
+    ``"store"``: ``Dataset`` over the records of ``manifest`` (``on_bad_sample`` for the items that failed
+    preprocessing, :func:`common.data.patch_dataset.store_records`) with ``transform``, after checking
+    the manifest's pipeline settings against what ``transform``'s store steps expect. Nothing is cached:
+    a crop reads only its blocks, and the memory does not grow with the number of items."""
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"unknown data_source {data_source!r}; choose one of {DATA_SOURCES}")
+    if data_source == "nifti":
+        if data is None:
+            raise ValueError("data_source 'nifti' needs the datalist (data)")
+        checked = with_content_check(transform, data)
+        return CacheDataset(data, checked, cache_rate=cache_rate, num_workers=num_workers)
+    if not manifest:
+        raise ValueError("data_source 'store' needs store_manifest (a store directory or its manifest.json)")
+    path = str(Path(manifest) / MANIFEST_NAME if Path(manifest).is_dir() else Path(manifest))
+    content = load_manifest(path)
+    for expect in store_expectations(transform):
+        check_store_settings(path, content["pipeline"], expect)
+    return Dataset(store_records(path, on_bad_sample, content), transform)
