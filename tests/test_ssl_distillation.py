@@ -187,23 +187,29 @@ def _patch_inputs(seed: int):
     return student, teacher, masks
 
 
-def test_ibot_patch_loss_matches_naive_loop_over_masked_tokens():
-    student, teacher, masks = _patch_inputs(4)
-    loss_fn = IBOTPatchLoss(6).double()
-    loss_fn.center.copy_(torch.linspace(-1, 1, 6, dtype=torch.float64))
-    center = loss_fn.center.tolist()
+def _masked_token_mean_naive(per_token, student, teacher, masks, center, teacher_temp) -> float:
+    """``per_token(teacher row, center, teacher_temp, student row, 0.1)`` averaged over each image's masked
+    tokens (0 without any), then over images, then over views: iBOT's normalisation, written out."""
     per_view = []
     for s_view, t_view, m_view in zip(student, teacher, masks, strict=True):
         per_image = []
         for b in range(s_view.shape[0]):
             masked = [n for n in range(s_view.shape[1]) if m_view[b, n]]
-            ce = [
-                _cross_entropy_naive(t_view[b, n].tolist(), center, 0.06, s_view[b, n].tolist(), 0.1)
+            values = [
+                per_token(t_view[b, n].tolist(), center, teacher_temp, s_view[b, n].tolist(), 0.1)
                 for n in masked
             ]
-            per_image.append(sum(ce) / max(1, len(masked)))
+            per_image.append(sum(values) / max(1, len(masked)))
         per_view.append(sum(per_image) / len(per_image))
-    expected = sum(per_view) / len(per_view)
+    return sum(per_view) / len(per_view)
+
+
+def test_ibot_patch_loss_matches_naive_loop_over_masked_tokens():
+    student, teacher, masks = _patch_inputs(4)
+    loss_fn = IBOTPatchLoss(6).double()
+    loss_fn.center.copy_(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    center = loss_fn.center.tolist()
+    expected = _masked_token_mean_naive(_cross_entropy_naive, student, teacher, masks, center, 0.06)
     assert loss_fn(student, teacher, masks, 0.06).item() == pytest.approx(expected, abs=TOL)
 
 
@@ -212,16 +218,9 @@ def test_ibot_patch_loss_minus_teacher_entropy_is_the_masked_mean_kl():
     loss_fn = IBOTPatchLoss(6).double()
     loss_fn.center.copy_(torch.linspace(-1, 1, 6, dtype=torch.float64))
     center = loss_fn.center.tolist()
-    per_view = []
-    for s_view, t_view, m_view in zip(student, teacher, masks, strict=True):
-        per_image = []
-        for b in range(s_view.shape[0]):
-            masked = [n for n in range(s_view.shape[1]) if m_view[b, n]]
-            kl = [_kl_naive(t_view[b, n].tolist(), center, 0.05, s_view[b, n].tolist(), 0.1) for n in masked]
-            per_image.append(sum(kl) / max(1, len(masked)))
-        per_view.append(sum(per_image) / len(per_image))
+    expected = _masked_token_mean_naive(_kl_naive, student, teacher, masks, center, 0.05)
     loss = loss_fn(student, teacher, masks, 0.05)
-    assert (loss - loss_fn.teacher_entropy).item() == pytest.approx(sum(per_view) / len(per_view), abs=TOL)
+    assert (loss - loss_fn.teacher_entropy).item() == pytest.approx(expected, abs=TOL)
 
 
 def test_ibot_patch_loss_ignores_unmasked_tokens():

@@ -199,21 +199,16 @@ def store_records(manifest: str, on_bad_sample: str = "raise", data: Mapping | N
 
 
 class PatchDataset(Dataset):
-    """A MONAI ``Dataset`` over the items of a store: each item gives ``num_samples`` crops
-    (:class:`RandStorePatchd`) passed through ``transform`` (the random transforms of today's pipelines)."""
+    """A MONAI ``Dataset`` over the items of a store: each item gives the crops of
+    ``RandStorePatchd(**crop)`` (``roi_size``, ``mode``, ``num_samples``, ...) passed through ``transform``
+    (the random transforms of today's pipelines)."""
 
     def __init__(
         self,
         manifest: str,
-        roi_size: int | Sequence[int],
-        mode: str = "uniform",
-        num_samples: int = 1,
-        pos: float = 1.0,
-        neg: float = 1.0,
-        ratios: Sequence[float] | None = None,
         transform: Callable | Sequence[Callable] | None = None,
         on_bad_sample: str = "raise",
+        **crop,
     ) -> None:
-        crop = RandStorePatchd(roi_size, mode, num_samples, pos, neg, ratios)
         rest = [] if transform is None else [transform] if callable(transform) else list(transform)
-        super().__init__(store_records(manifest, on_bad_sample), Compose([crop, *rest]))
+        super().__init__(store_records(manifest, on_bad_sample), Compose([RandStorePatchd(**crop), *rest]))
