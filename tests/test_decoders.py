@@ -406,7 +406,12 @@ def test_decoder_blocks_leave_pyramids_alone_and_name_bad_choices():
     pyramid = PyramidStandIn(2)
     assert set_decoder_blocks(pyramid, "last") is pyramid and not hasattr(pyramid, "feature_blocks")
     assert decoder_blocks(12) == (8, 9, 10, 11) and decoder_blocks(12, "spread") == (2, 5, 8, 11)
+    own = build_encoder("vit", **{**VIT_CONFIG, "feature_blocks": (0, 2, 4, 6)})
+    assert set_decoder_blocks(own, "encoder").feature_blocks == (0, 2, 4, 6)
+    assert set_decoder_blocks(own, "last").feature_blocks == (4, 5, 6, 7)
     with pytest.raises(ValueError, match="decoder_blocks must be one of"):
         build_frozen_segmenter(PyramidStandIn(2), NUM_CLASSES, spatial_size=(64, 64), decoder_blocks="first")
     with pytest.raises(ValueError, match="fewer than 4"):
         decoder_blocks(3)
+    with pytest.raises(ValueError, match="choose 'last' or 'spread'"):
+        decoder_blocks(12, "encoder")

@@ -37,8 +37,8 @@ from .vit import default_feature_blocks
 # The decoders read the last four feature maps (the paper's "previous four blocks").
 NUM_SCALES = 4
 INTERPOLATION = {2: "bilinear", 3: "trilinear"}
-# Which transformer blocks a ViT's feature maps come from (:func:`decoder_blocks`).
-DECODER_BLOCKS = ("last", "spread")
+# Which transformer blocks a ViT's feature maps come from (:func:`decoder_blocks`; "encoder": as built).
+DECODER_BLOCKS = ("last", "spread", "encoder")
 
 
 def _check_choice(choice: str) -> None:
@@ -50,7 +50,8 @@ def decoder_blocks(depth: int, choice: str = "last") -> tuple[int, ...]:
     """The four block indices (of ``depth``) whose outputs feed a decoder: ``"last"``, the last four
     (DINOv2's choice); ``"spread"``, the last block of each quarter of the depth
     (:func:`~common.networks.vit.default_feature_blocks`, e.g. 2, 5, 8, 11 of 12)."""
-    _check_choice(choice)
+    if choice not in ("last", "spread"):
+        raise ValueError(f"decoder_blocks: choose 'last' or 'spread' for a list of blocks, got {choice!r}")
     if depth < NUM_SCALES:
         raise ValueError(f"decoder_blocks: a depth of {depth} blocks has fewer than {NUM_SCALES}")
     if choice == "spread":
@@ -61,10 +62,11 @@ def decoder_blocks(depth: int, choice: str = "last") -> tuple[int, ...]:
 def set_decoder_blocks(encoder: nn.Module, choice: str = "last") -> nn.Module:
     """``encoder`` with its ``feature_blocks`` set to :func:`decoder_blocks` of its depth, for an encoder
     whose feature maps are the outputs of transformer blocks (a ViT: attributes ``blocks`` and
-    ``feature_blocks``); a pyramid encoder (Swin, ConvNeXt, ...: one map per stage) is returned unchanged
-    (the choice is still checked)."""
+    ``feature_blocks``): ``"last"`` and ``"spread"`` replace the blocks the encoder was built with,
+    ``"encoder"`` keeps them (a ViT built with its own ``feature_blocks``). A pyramid encoder (Swin,
+    ConvNeXt, ...: one map per stage) is returned unchanged (the choice is still checked)."""
     _check_choice(choice)
-    if hasattr(encoder, "feature_blocks") and hasattr(encoder, "blocks"):
+    if choice != "encoder" and hasattr(encoder, "feature_blocks") and hasattr(encoder, "blocks"):
         encoder.feature_blocks = decoder_blocks(len(encoder.blocks), choice)
     return encoder
 

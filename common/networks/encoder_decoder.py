@@ -146,7 +146,8 @@ def build_frozen_segmenter(
     slice along their last axis (:class:`SliceWise`, ``slice_batch`` slices at a time). ``in_channels`` and
     ``spatial_size`` are only used to read the feature channels of an encoder that does not declare them
     (:func:`feature_spec`). ``decoder_blocks``: which blocks of a ViT feed the decoder, ``"last"`` four
-    (DINOv2) or ``"spread"`` over the depth (:func:`~common.networks.decoders.set_decoder_blocks`).
+    (DINOv2), ``"spread"`` over the depth, or ``"encoder"``: the ViT's own ``feature_blocks``
+    (:func:`~common.networks.decoders.set_decoder_blocks`).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
