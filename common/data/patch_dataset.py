@@ -27,14 +27,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
-import blosc2
 import numpy as np
 import torch
 from monai.data import Dataset, MetaTensor
 from monai.transforms import Compose, Randomizable, Transform
 from monai.utils import ensure_tuple_rep
 
-from .store import FOREGROUND_KEY, load_locations, load_manifest, open_volume, read_patch
+from .store import FOREGROUND_KEY, blosc2_module, load_locations, load_manifest, open_volume, read_patch
 from .validation import ON_BAD_SAMPLE
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def _one_blosc2_thread_in_workers() -> None:
     """``blosc2.set_nthreads(1)`` once in each ``DataLoader`` worker process (see the module docstring)."""
     global _single_threaded_pid
     if _single_threaded_pid != os.getpid() and torch.utils.data.get_worker_info() is not None:
-        blosc2.set_nthreads(1)
+        blosc2_module().set_nthreads(1)
         _single_threaded_pid = os.getpid()
 
 

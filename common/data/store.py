@@ -27,7 +27,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import blosc2
 import numpy as np
 
 from ..atomic import atomic_path
@@ -43,7 +42,31 @@ CHUNKS = (64, 64, 64)
 BLOCKS = (16, 16, 16)
 # ZSTD level 1 with byte shuffle: on the embedded CTs (2 mm, float16) 10-20 % smaller than LZ4 at a similar
 # patch read time, 5x less CPU to write than ZSTD level 5 for 2 % smaller files.
-CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}
+CPARAMS = {"codec": "ZSTD", "clevel": 1, "filters": ["SHUFFLE"]}  # names of blosc2.Codec / blosc2.Filter
+
+
+def blosc2_module():
+    """``blosc2``, imported when a store is first used: it is the optional extra ``store``
+    (``pip install medfm-bundles[store]``), so that the bundles run on NIfTI without it."""
+    try:
+        import blosc2
+    except ImportError as err:
+        raise ImportError(
+            "the patch store needs blosc2: pip install 'medfm-bundles[store]' (or pip install blosc2)"
+        ) from err
+    return blosc2
+
+
+def compression_parameters() -> dict:
+    """:data:`CPARAMS` as blosc2's enums."""
+    blosc2 = blosc2_module()
+    return {
+        "codec": blosc2.Codec[CPARAMS["codec"]],
+        "clevel": CPARAMS["clevel"],
+        "filters": [blosc2.Filter[name] for name in CPARAMS["filters"]],
+    }
+
+
 LOCATIONS_PER_CLASS = 300
 FOREGROUND_KEY = "foreground"
 RECORD_KEYS = ("id", "image", "shape", "affine")
@@ -69,26 +92,26 @@ def write_volume(array: np.ndarray, path: str | os.PathLike) -> Path:
     chunks = (channels, *(min(c, s) for c, s in zip(CHUNKS, spatial, strict=True)))
     blocks = (channels, *(min(b, c) for b, c in zip(BLOCKS, chunks[1:], strict=True)))
     with atomic_path(path) as tmp:
-        blosc2.asarray(
+        blosc2_module().asarray(
             np.ascontiguousarray(array),
             urlpath=str(tmp),
             mode="w",
             chunks=chunks,
             blocks=blocks,
-            cparams=CPARAMS,
+            cparams=compression_parameters(),
         )
     return Path(path)
 
 
-def open_volume(path: str | os.PathLike) -> blosc2.NDArray:
+def open_volume(path: str | os.PathLike):
     """Open a ``.b2nd`` volume read-only by memory map (nothing is decompressed until sliced)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"store volume not found: {path} (was the store moved or cleaned?)")
-    return blosc2.open(str(path), mmap_mode="r")
+    return blosc2_module().open(str(path), mmap_mode="r")
 
 
-def read_patch(volume: blosc2.NDArray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+def read_patch(volume, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
     """The ``(C, *size)`` patch of a channel-first volume whose first voxel is at spatial index ``start``.
 
     Voxels outside the volume (``start`` may be negative, ``start + size`` beyond the shape) are zero, as
