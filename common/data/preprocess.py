@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -247,7 +248,8 @@ def _run_items(
             status[index] = process_item(out_dir, index, item, settings, origin)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawned, not forked: a fork of a process whose torch / blosc2 threads hold locks can hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(process_item, out_dir, i, item, settings, origin): i for i, item in todo}
             for future in as_completed(futures):
                 status[futures[future]] = future.result()
