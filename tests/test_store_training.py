@@ -174,3 +174,15 @@ def test_partial_labels_annotate_store_crops(prepared_data, tmp_path):
     samples = from_store[0]
     assert len(samples) == 2 and all(torch.equal(s["annotated"], expected) for s in samples)
     assert samples[0]["source"] == "totalsegmentator" and not expected.all()
+
+
+def test_store_records_are_sampled_by_their_datalist_fields(pool_store):
+    """sampling_weights over a store weigh each record by the datalist field it kept (here its modality)."""
+    _, store = pool_store
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir("simmim_ssl_pretrain") / "configs" / "train.json"))
+    parser.update({**SSL_SMOKE, "store_manifest": str(store)})
+    parser.update({"sampling_weights": {"CT": 1, "MR": 3}, "sampling_key": "modality"})
+    loader = parser.get_parsed_content("train#dataloader")
+    assert [r["fields"]["modality"] for r in loader.dataset.data] == ["CT", "MR"]
+    assert loader.sampler.weights.tolist() == [1.0, 3.0]
