@@ -40,3 +40,37 @@ def test_bench_table(prepared_data, tmp_path):
     assert md_path == str(tmp_path / "bench.md")
     assert "| " + " | ".join(header for _, header, _ in bench.COLUMNS) + " |" in table
     assert sum(line.startswith("| ") for line in table.splitlines()) == 3  # header + two bundles
+
+
+def test_bench_data_table(prepared_data, tmp_path, monkeypatch):
+    """``tools/bench.py data`` end to end at N = 2 and smoke sizes: a start-up row (seconds, peak RSS) for
+    each data path, and a loader row (samples/s, against NIfTI and the model) for each."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))  # as `python tools/bench.py data` runs it
+    from bench_data import PATHS, main
+    sizes = {"feature_size": 12, "global_size": 32}
+    md_path = main(
+        sizes=[2],
+        pixdim=6.0,
+        startup_sizes={**sizes, "num_workers": 0},
+        throughput_sizes=sizes,
+        repeats=1,
+        warmup=0,
+        samples=1,
+        out=str(tmp_path),
+    )
+    with (tmp_path / "data.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["n"] == "2"
+    for path in PATHS:
+        for key in ("seconds", "rss_mb"):
+            value = float(row[f"{path}_{key}"])
+            assert math.isfinite(value) and value > 0, (path, key, value)
+    lines = (tmp_path / "data.md").read_text().splitlines()
+    assert md_path == str(tmp_path / "data.md")
+    (startup,) = [line for line in lines if line.startswith("| 2 |")]
+    assert len(startup.split("|")) == 9 and "—" not in startup
+    for path in PATHS:
+        (loader,) = [line for line in lines if line.startswith(f"| {path} |")]
+        rates = [float(cell) for cell in loader.split("|")[2:5]]
+        assert all(math.isfinite(r) and r > 0 for r in rates), loader
+    assert "| nifti_uncached | " in "\n".join(lines) and "x NIfTI uncached" in "\n".join(lines)

@@ -45,6 +45,10 @@ the machine). Measured, never asserted: the aims above are for reading the table
 side instead: MONAI's SwinUNETR eager against fused window attention, and a U-Net and a SegResNet in the
 default layout against channels-last, one training step (forward, cross-entropy, backward, AdamW) per
 member per repeat, interleaved; it writes ``<out>/options.md``.
+
+``python tools/bench.py data`` runs the data section (``tools/bench_data.py``, issue 18): seconds to the
+first iteration, peak RSS and loader samples/s at N = 10, 100, 1000 volumes, NIfTI against the patch
+store; it writes ``<out>/data.md``.
 """
 
 from __future__ import annotations
@@ -443,5 +447,9 @@ def options(
 if __name__ == "__main__":
     if sys.argv[1:2] == ["options"]:
         fire.Fire(options, command=sys.argv[2:])
+    elif sys.argv[1:2] == ["data"]:
+        from bench_data import main as data  # tools/bench_data.py
+
+        fire.Fire(data, command=sys.argv[2:])
     else:
         fire.Fire(main)
