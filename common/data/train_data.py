@@ -25,15 +25,22 @@ In a train config::
 
 With the store, no NIfTI file is read at start-up (the datalist is not loaded): only ``manifest.json``; a
 ``data`` given anyway (a smoke config's sliced datalist) is not used.
+
+The NIfTI path caches what a stated memory budget holds: with ``cache_memory_gb`` (the configs' key of that
+name, default ``null``: ``cache_rate`` alone, as before), ``CacheDataset`` caches the first items whose
+volumes, resampled to the pipeline's spacing as float32 (:func:`resampled_bytes`, from the headers the
+datalist check read), fit the budget; the others are read when drawn.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose
+from monai.transforms import Compose, Spacingd
 from monai.utils import ensure_tuple_rep
 
 from ..transforms.builders import CT_WINDOW, DATA_SOURCES
@@ -41,6 +48,9 @@ from ..transforms.ssl import POOL_CT_WINDOW
 from .checked_loading import with_content_check
 from .patch_dataset import store_records
 from .store import MANIFEST_NAME, load_manifest
+from .validation import header_grid
+
+logger = logging.getLogger(__name__)
 
 # the CT window a store's intensity scheme applied when preprocessing got none (`--ct_window` unset)
 DEFAULT_CT_WINDOWS = {"ct": CT_WINDOW, "modality": POOL_CT_WINDOW}
@@ -81,6 +91,48 @@ def store_expectations(transform: Callable) -> list[dict]:
     return found
 
 
+def pipeline_spacing(transform: Callable) -> tuple[float, ...] | None:
+    """The ``pixdim`` of the first resampling step (``Spacingd``) of ``transform``; None without one."""
+    steps = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    for step in steps:
+        if isinstance(step, Spacingd):
+            return tuple(float(v) for v in step.spacing_transform.pixdim)
+    return None
+
+
+def _padded(pixdim: Sequence[float] | float, ndim: int) -> list[float]:
+    """``pixdim`` as MONAI's ``Spacing`` applies it to ``ndim`` axes: cut, or padded with its last value."""
+    values = [float(v) for v in (pixdim if isinstance(pixdim, Sequence) else [pixdim])][:ndim]
+    return values + [values[-1]] * (ndim - len(values))
+
+
+def resampled_bytes(
+    item: Mapping, pixdim: Sequence[float] | None, keys: Sequence[str] = ("image", "label")
+) -> int:
+    """Bytes of ``item``'s ``keys`` volumes loaded and resampled to ``pixdim`` (None: their own grid), as
+    float32: the size of its cache entry before a crop to the body shrinks it (an upper bound). From the
+    headers (cached since the datalist check read them)."""
+    total = 0
+    for key in keys:
+        if key not in item:
+            continue
+        shape, affine = header_grid(item[key])
+        spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[: len(shape)]
+        target = spacing if pixdim is None else np.asarray(_padded(pixdim, len(shape)), dtype=float)
+        total += int(np.prod(np.ceil(np.asarray(shape) * spacing / target))) * 4
+    return total
+
+
+def budget_cache_num(data: Sequence[Mapping], budget_gb: float, pixdim: Sequence[float] | None) -> int:
+    """How many of ``data``'s first items fit ``budget_gb`` GB once cached (:func:`resampled_bytes`)."""
+    budget, used = budget_gb * 2**30, 0
+    for count, item in enumerate(data):
+        used += resampled_bytes(item, pixdim)
+        if used > budget:
+            return count
+    return len(data)
+
+
 def train_dataset(
     data_source: str,
     transform: Callable,
@@ -89,9 +141,11 @@ def train_dataset(
     cache_rate: float = 1.0,
     num_workers: int = 0,
     on_bad_sample: str = "raise",
+    cache_memory_gb: float | None = None,
 ) -> Dataset:
     """``"nifti"``: ``CacheDataset(data, with_content_check(transform, data), cache_rate, num_workers)``,
-    today's dataset.
+    today's dataset; with ``cache_memory_gb``, at most the items that fit it are cached
+    (:func:`budget_cache_num` at the pipeline's spacing).
     ``"store"``: ``Dataset`` over the records of ``manifest`` (``on_bad_sample`` for the items that failed
     preprocessing, :func:`common.data.patch_dataset.store_records`) with ``transform``, after checking
     the manifest's pipeline settings against what ``transform``'s store steps expect. Nothing is cached:
@@ -102,7 +156,18 @@ def train_dataset(
         if data is None:
             raise ValueError("data_source 'nifti' needs the datalist (data)")
         checked = with_content_check(transform, data)
-        return CacheDataset(data, checked, cache_rate=cache_rate, num_workers=num_workers)
+        cache_num = len(data)
+        if cache_memory_gb is not None:
+            cache_num = budget_cache_num(data, cache_memory_gb, pipeline_spacing(transform))
+            logger.info(
+                "cache_memory_gb %s: caching %d of %d items (the rest are read when drawn)",
+                cache_memory_gb,
+                min(cache_num, int(len(data) * cache_rate)),
+                len(data),
+            )
+        return CacheDataset(
+            data, checked, cache_num=cache_num, cache_rate=cache_rate, num_workers=num_workers
+        )
     if not manifest:
         raise ValueError("data_source 'store' needs store_manifest (a store directory or its manifest.json)")
     path = str(Path(manifest) / MANIFEST_NAME if Path(manifest).is_dir() else Path(manifest))
