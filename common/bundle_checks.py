@@ -48,6 +48,33 @@ REQUIRED_FILES = (
 )
 # Where MONAI's metadata schema is looked for, after ``--schema`` and $MEDFM_BUNDLE_SCHEMA: the folder beside
 # a clone of the steering repository (absent in a user's clone), then the download cache.
+# The ids with which a smoke.json shrinks a bundle's network, its crops, views and heads (its other ids
+# shorten the run or the data): what a size study puts back or keeps (tools/bench.py --size cpu, the
+# trains-at-defaults test).
+SIZE_KEYS = frozenset(
+    {
+        "backbone",
+        "encoder_config",
+        "feature_size",
+        "pixdim",
+        "global_size",
+        "local_size",
+        "num_local",
+        "image_size",
+        "roi_size",
+        "num_samples",
+        "patch_size",
+        "out_dim",
+        "head_hidden_dim",
+        "bottleneck_dim",
+        "mlp_hidden_dim",
+        "projection_dim",
+        "projection_hidden_dim",
+        "decoder_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+    }
+)
 SCHEMA_ENV = "MEDFM_BUNDLE_SCHEMA"
 SHARED_SCHEMA_DIR = REPO_ROOT.parent / "shared" / "schemas"
 

@@ -52,36 +52,13 @@ import pytest
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
+from common import bundle_checks
 from common.evaluation.bundle_runs import bundle_dir, workflow
 
 pytestmark = pytest.mark.slow
 
 WINDOW = 4
-SIZE_KEYS = frozenset(
-    {
-        "feature_size",
-        "pixdim",
-        "global_size",
-        "local_size",
-        "num_local",
-        "roi_size",
-        "image_size",
-        "patch_size",
-        "out_dim",
-        "head_hidden_dim",
-        "bottleneck_dim",
-        "mlp_hidden_dim",
-        "projection_dim",
-        "projection_hidden_dim",
-        "decoder_dim",
-        "decoder_depth",
-        "decoder_num_heads",
-        "encoder_config",
-        "disease_teacher",
-        "anatomy_teacher",
-        "num_workers",
-    }
-)
+SIZE_KEYS = bundle_checks.SIZE_KEYS | {"disease_teacher", "anatomy_teacher", "num_workers"}
 
 
 @dataclass(frozen=True)

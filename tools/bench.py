@@ -1,11 +1,20 @@
-"""Performance benchmarks of every bundle at its tiny smoke configuration (``make bench``).
+"""Performance benchmarks of every bundle at a chosen size (``make bench``: the tiny smoke configuration).
 
-For each bundle under ``bundles/`` (the ten ``*_ssl_pretrain`` methods, ``suprem_pretrain`` and
-``multiorgan_ct_segmentation``) the training workflow is built from ``configs/train.json`` merged with
-``configs/smoke.json`` through MONAI's ``ConfigWorkflow`` (``ConfigParser`` underneath), on the CPU, with
-two changes: checkpoints and encoder files go under ``<out>/work/<bundle>`` (the bundle's ``models/`` is
-left alone), and ``val_interval`` / ``save_interval`` are set beyond the run's length (validation and
-periodic saves are epoch-level work, not training iterations). Five ratios are measured:
+For each bundle under ``bundles/`` the training workflow is built from ``configs/train.json`` with the
+overrides of ``--size`` (:func:`size_overrides`) through MONAI's ``ConfigWorkflow`` (``ConfigParser``
+underneath):
+
+- ``smoke`` (default): ``configs/smoke.json``'s values (32³-64³ views, feature_size 8-12), on the CPU;
+- ``cpu``: the smoke run's data, batch and schedule with the network, crop, view and head sizes of the
+  bundle's ``train.json`` restored (:data:`SIZE_KEYS`) and a ``feature_size`` of 24
+  (:data:`CPU_FEATURE_SIZE`): the sizes people train at, a step of seconds to tens of seconds on a CPU;
+- ``default``: the bundle's own ``train.json`` on its own device (a GPU where there is one).
+
+The workflow runs with two changes: checkpoints and encoder files go under ``<out>/work/<bundle>`` (the
+bundle's ``models/`` is left alone), and ``val_interval`` / ``save_interval`` are set beyond the run's
+length (validation and periodic saves are epoch-level work, not training iterations). Five ratios are
+measured, and the peak memory of the training measurements (the process's peak RSS, or CUDA's allocator
+peak on a GPU):
 
 (a) **engine / bare**: the Ignite engine's training iteration (the config's trainer with every handler the
     config attaches, checkpoint handlers included), fed one batch of the bundle's own dataloader over and
@@ -23,7 +32,7 @@ periodic saves are epoch-level work, not training iterations). Five ratios are m
     bare step's forward and backward (matrix multiplies, convolutions, attention; element-wise work and
     the optimiser are not counted), divided by the median bare step time, against this machine's fp32
     peak measured in the same run (median of square ``torch.mm`` products, see :func:`matmul_peak`).
-(d) **traced / eager**: latency of the inference config's network (``network_def`` at the smoke
+(d) **traced / eager**: latency of the inference config's network (``network_def`` at the size's
     overrides, ``eval()``, ``no_grad``) traced with ``torch.jit.trace`` against the same network eager,
     on a random input of the inference ``roi_size``.
 (e) **bundle SW / plain SW** (bundles whose inference config has a ``SlidingWindowInferer``: the
@@ -39,12 +48,16 @@ medians). Outputs: ``<out>/bench.csv`` (every measured number) and ``<out>/bench
 the machine). Measured, never asserted: the aims above are for reading the table.
 
     python tools/bench.py                                   # every bundle, 5 repeats (make bench)
+    python tools/bench.py --size cpu --only simmim --repeats 2   # one bundle at the sizes it trains at
     python tools/bench.py --only simmim,multiorgan --repeats 1 --warmup 0
 
 ``python tools/bench.py options`` (:func:`options`) measures the network-level switches of issue 21 side by
 side instead: MONAI's SwinUNETR eager against fused window attention, and a U-Net and a SegResNet in the
 default layout against channels-last, one training step (forward, cross-entropy, backward, AdamW) per
 member per repeat, interleaved; it writes ``<out>/options.md``.
+
+``python tools/bench.py inference`` (``tools/bench_inference.py``, issue 21) compares sliding-window
+inference of a whole CT: eager, TorchScript, ONNX Runtime, compiled and MONAI's own call.
 
 ``python tools/bench.py data`` runs the data section (``tools/bench_data.py``, issue 18): seconds to the
 first iteration, peak RSS and loader samples/s at N = 10, 100, 1000 volumes, NIfTI against the patch
@@ -76,7 +89,7 @@ from torch.nn.utils import clip_grad_norm_
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.bundle import REPO_ROOT
-from common.bundle_checks import config_path, list_bundles, smoke_overrides
+from common.bundle_checks import SIZE_KEYS, config_path, list_bundles, smoke_overrides
 from common.data.prepare import prepare_all
 from common.networks import build_segmenter, network_options
 
@@ -90,6 +103,7 @@ COLUMNS = (
     ("model_samples_per_s", "model samples/s", "{:.2f}"),
     ("data_ratio", "(b) loader/model", "**{:.1f}**"),
     ("gflop_per_step", "GFLOP/step", "{:.2f}"),
+    ("peak_mb", "peak memory MB", "{:,.0f}"),
     ("gflop_per_s", "GFLOP/s", "{:.1f}"),
     ("peak_fraction", "(c) of peak", "**{:.3f}**"),
     ("eager_s", "eager s", "{:.3f}"),
@@ -102,6 +116,59 @@ COLUMNS = (
 RATIOS = ("overhead_ratio", "data_ratio", "peak_fraction", "torchscript_ratio", "sliding_window_ratio")
 NEVER = 10**9  # an epoch interval the benchmark's short runs never reach
 CPU = "$torch.device('cpu')"
+SIZES = ("smoke", "cpu", "default")
+CPU_FEATURE_SIZE = 24
+
+
+def size_overrides(bundle: Path, config: str, size: str) -> dict:
+    """The overrides of ``config`` (a file of ``bundle``'s ``configs/``) at ``size`` (see the module
+    docstring): ``smoke.json``'s (:func:`common.bundle_checks.smoke_overrides`), the same without
+    :data:`SIZE_KEYS` and its metadata and with ``feature_size`` :data:`CPU_FEATURE_SIZE` where the
+    config or its ``encoder_config`` has one, or none."""
+    if size not in SIZES:
+        raise ValueError(f"--size must be one of {SIZES}, got {size!r}")
+    if size == "default":
+        return {}
+    overrides = smoke_overrides(bundle, config)
+    if size == "smoke":
+        return overrides
+    overrides = {k: v for k, v in overrides.items() if k not in SIZE_KEYS and not k.startswith("_meta_#")}
+    defaults = ConfigParser.load_config_file(config_path(bundle, config))
+    if "feature_size" in defaults:
+        overrides["feature_size"] = CPU_FEATURE_SIZE
+    elif "feature_size" in (defaults.get("encoder_config") or {}):  # a Swin encoder given as a dict
+        overrides["encoder_config#feature_size"] = CPU_FEATURE_SIZE
+    return overrides
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a clock read after it is the work's."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory() -> None:
+    """Start a new memory peak: the process's peak RSS (Linux: write 5 to ``/proc/self/clear_refs``) and
+    the CUDA allocator's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> float | None:
+    """The peak since :func:`reset_peak_memory`: CUDA's allocated bytes on a GPU, else the process's peak
+    RSS (``VmHWM``; None where ``/proc`` has none)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if line is None else int(line.split()[1]) / 1024
 
 
 def interleaved(
@@ -119,6 +186,7 @@ def interleaved(
         for name, member in members.items():
             start = time.perf_counter()
             measured = member()
+            synchronize()
             elapsed = measured if isinstance(measured, float) else time.perf_counter() - start
             line.append(f"{name} {elapsed:.4g}s")
             if r >= warmup:
@@ -128,10 +196,11 @@ def interleaved(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of ``torch.mm`` on two ``size`` x ``size`` matrices (``2 size^3`` FLOPs), median of
-    ``repeats`` after one warm-up: the machine's practical matrix-multiply peak at torch's threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """fp32 FLOP/s of ``torch.mm`` on two ``size`` x ``size`` matrices (``2 size^3`` FLOPs) on ``device``,
+    median of ``repeats`` after one warm-up: the practical matrix-multiply peak (on a CPU at torch's
+    threads)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     seconds = interleaved("torch.mm peak", {"mm": lambda: torch.mm(a, b)}, repeats, 1)["mm"]
     return 2 * size**3 / seconds
 
@@ -158,6 +227,7 @@ class IterationClock:
         self.started = time.perf_counter()
 
     def stop(self, engine) -> None:
+        synchronize()
         self.seconds = time.perf_counter() - self.started
 
 
@@ -201,17 +271,24 @@ def step_flops(step: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def measure_training(bundle: Path, work_dir: Path, repeats: int, warmup: int) -> dict[str, float]:
-    """Ratios (a), (b) and the FLOPs of (c): the engine, the bare step and the loader, interleaved."""
+def measure_training(
+    bundle: Path, work_dir: Path, repeats: int, warmup: int, size: str = "smoke"
+) -> dict[str, float]:
+    """Ratios (a), (b) and the FLOPs of (c) at ``size``: the engine, the bare step and the loader,
+    interleaved; and the peak memory of the three."""
+    device = {} if size == "default" else {"device": CPU}
     workflow = ConfigWorkflow(
-        config_file=[config_path(bundle, "train.json"), config_path(bundle, "smoke.json")],
+        config_file=config_path(bundle, "train.json"),
         meta_file=config_path(bundle, "metadata.json"),
         workflow_type="train",
-        device=CPU,
         ckpt_dir=str(work_dir / "models"),
         output_dir=str(work_dir / "eval"),
-        val_interval=NEVER,
-        save_interval=NEVER,
+        **{
+            **size_overrides(bundle, "train.json", size),
+            "val_interval": NEVER,
+            "save_interval": NEVER,
+            **device,
+        },
     )
     workflow.initialize()
     parser = workflow.parser
@@ -237,9 +314,11 @@ def measure_training(bundle: Path, work_dir: Path, repeats: int, warmup: int) ->
         return (time.perf_counter() - start) / samples
 
     step = bare_step(trainer, batch)
+    reset_peak_memory()
     times = interleaved(
         "train", {"engine": engine_iteration, "bare": step, "loader": loader_pass}, repeats, warmup
     )
+    peak_mb = peak_memory_mb()
     flops = step_flops(step)
     workflow.finalize()
     return {
@@ -248,15 +327,17 @@ def measure_training(bundle: Path, work_dir: Path, repeats: int, warmup: int) ->
         "loader_samples_per_s": 1 / times["loader"],
         "model_samples_per_s": _samples(batch) / times["bare"],
         "gflop_per_step": flops / 1e9,
+        **({} if peak_mb is None else {"peak_mb": peak_mb}),
     }
 
 
-def measure_inference(bundle: Path, repeats: int, warmup: int) -> dict[str, float]:
-    """Ratio (d) for every bundle and (e) where the inference config's inferer slides a window."""
+def measure_inference(bundle: Path, repeats: int, warmup: int, size: str = "smoke") -> dict[str, float]:
+    """Ratio (d) for every bundle and (e) where the inference config's inferer slides a window, at
+    ``size`` on the CPU."""
     parser = ConfigParser()
     parser.read_config(config_path(bundle, "inference.json"))
     parser.read_meta(config_path(bundle, "metadata.json"))
-    parser.update({**smoke_overrides(bundle, "inference.json"), "device": CPU})
+    parser.update({**size_overrides(bundle, "inference.json", size), "device": CPU})
     network = parser.get_parsed_content("network_def").eval()
     roi = parser.get_parsed_content("roi_size")
     roi = [roi] * 3 if isinstance(roi, int) else list(roi)
@@ -335,23 +416,33 @@ def main(
     only: str | Sequence[str] | None = None,
     repeats: int = 5,
     warmup: int = 1,
+    size: str = "smoke",
     out: str = str(REPO_ROOT / "runs" / "bench"),
 ) -> str:
-    """Benchmark the bundles named by ``only`` (substrings, e.g. ``simmim,multiorgan``; default all),
-    ``warmup`` discarded repeats then ``repeats`` timed ones; write ``bench.csv`` and ``bench.md`` under
-    ``out`` and return the Markdown file's path."""
+    """Benchmark the bundles named by ``only`` (substrings, e.g. ``simmim,multiorgan``; default all) at
+    ``size`` (``smoke``, ``cpu`` or ``default``, see the module docstring), ``warmup`` discarded repeats
+    then ``repeats`` timed ones; write ``bench.csv`` and ``bench.md`` under ``out`` and return the Markdown
+    file's path."""
+    if size not in SIZES:
+        raise ValueError(f"--size must be one of {SIZES}, got {size!r}")
     bundles = select(only)
     prepare_all()
     out_dir = Path(out)
     started = time.perf_counter()
-    print(f"fp32 matrix-multiply peak ({torch.get_num_threads()} threads)", flush=True)
-    peak = matmul_peak()
+    gpu = size == "default" and torch.cuda.is_available()  # the bundles' own device
+    machine = (
+        torch.cuda.get_device_name()
+        if gpu
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+    )
+    print(f"fp32 matrix-multiply peak ({machine})", flush=True)
+    peak = matmul_peak(device="cuda" if gpu else "cpu")
     rows = []
     for i, bundle in enumerate(bundles, 1):
         print(f"[{i}/{len(bundles)}] {bundle.name}", flush=True)
         row = {"bundle": bundle.name}
-        row.update(measure_training(bundle, out_dir / "work" / bundle.name, repeats, warmup))
-        row.update(measure_inference(bundle, repeats, warmup))
+        row.update(measure_training(bundle, out_dir / "work" / bundle.name, repeats, warmup, size))
+        row.update(measure_inference(bundle, repeats, warmup, size))
         rows.append(ratios(row, peak))
         gc.collect()
         print("    " + ", ".join(f"{k} {row[k]:.3f}" for k in RATIOS if k in row), flush=True)
@@ -359,9 +450,9 @@ def main(
     header = [
         f"# make bench, {date.today().isoformat()}",
         "",
-        f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"fp32 torch.mm peak {peak / 1e9:.1f} GFLOP/s; smoke configurations; {repeats} repeats after "
-        f"{warmup} warm-up, medians; {len(rows)} bundles in {minutes:.1f} min.",
+        f"{machine}, torch {torch.__version__}, fp32 torch.mm peak {peak / 1e9:.1f} GFLOP/s; --size {size} "
+        f"(training; inference on the CPU); {repeats} repeats after {warmup} warm-up, medians; "
+        f"{len(rows)} bundles in {minutes:.1f} min.",
     ]
     csv_path, md_path = write_tables(rows, out_dir, header)
     print(md_path.read_text(), flush=True)
@@ -451,5 +542,9 @@ if __name__ == "__main__":
         from bench_data import main as data  # tools/bench_data.py
 
         fire.Fire(data, command=sys.argv[2:])
+    elif sys.argv[1:2] == ["inference"]:
+        from bench_inference import main as inference  # tools/bench_inference.py
+
+        fire.Fire(inference, command=sys.argv[2:])
     else:
         fire.Fire(main)
