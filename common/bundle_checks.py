@@ -46,8 +46,6 @@ REQUIRED_FILES = (
     "docs/README.md",
     "LICENSE",
 )
-# Where MONAI's metadata schema is looked for, after ``--schema`` and $MEDFM_BUNDLE_SCHEMA: the folder beside
-# a clone of the steering repository (absent in a user's clone), then the download cache.
 # The ids with which a smoke.json shrinks a bundle's network, its crops, views and heads (its other ids
 # shorten the run or the data): what a size study puts back or keeps (tools/bench.py --size cpu, the
 # trains-at-defaults test).
@@ -75,6 +73,8 @@ SIZE_KEYS = frozenset(
         "decoder_num_heads",
     }
 )
+# Where MONAI's metadata schema is looked for, after ``--schema`` and $MEDFM_BUNDLE_SCHEMA: the folder beside
+# a clone of the steering repository (absent in a user's clone), then the download cache.
 SCHEMA_ENV = "MEDFM_BUNDLE_SCHEMA"
 SHARED_SCHEMA_DIR = REPO_ROOT.parent / "shared" / "schemas"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from monai.bundle import ConfigParser
-from monai.data import DistributedSampler, DistributedWeightedRandomSampler
+from monai.data import Dataset, DistributedSampler, DistributedWeightedRandomSampler
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from common.data.sampling import source_item_weights, train_sampler
@@ -18,19 +18,6 @@ from common.evaluation.bundle_runs import bundle_dir
 ITEMS = [{"image": f"a{i}.nii.gz", "source": "A"} for i in range(2)] + [
     {"image": f"b{i}.nii.gz", "source": "B"} for i in range(18)
 ]
-
-
-class Items(torch.utils.data.Dataset):
-    """A dataset with ``data``, as MONAI's datasets have."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, index):
-        return self.data[index]
 
 
 def source_shares(sampler, items, draws: int) -> dict[str, float]:
@@ -53,11 +40,11 @@ def test_each_source_makes_up_its_weights_share_of_the_draws():
     at 1:3 a quarter and three quarters; a weight of 0 leaves a source out."""
     torch.manual_seed(0)
     for weights, expected in (({"A": 1, "B": 1}, 0.5), ({"A": 1, "B": 3}, 0.25), ({"A": 0, "B": 1}, 0.0)):
-        sampler = train_sampler(Items(ITEMS), weights)
+        sampler = train_sampler(Dataset(ITEMS), weights)
         assert isinstance(sampler, WeightedRandomSampler) and len(sampler) == len(ITEMS)
         shares = source_shares(sampler, ITEMS, 20_000)
         assert abs(shares.get("A", 0.0) - expected) < 0.015, (weights, shares)
-    uniform = source_shares(train_sampler(Items(ITEMS)), ITEMS, 2_000)
+    uniform = source_shares(train_sampler(Dataset(ITEMS)), ITEMS, 2_000)
     assert uniform == {"A": 0.1, "B": 0.9}
 
 

@@ -147,21 +147,22 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def reset_peak_memory() -> None:
-    """Start a new memory peak: the process's peak RSS (Linux: write 5 to ``/proc/self/clear_refs``) and
-    the CUDA allocator's peak."""
+def reset_peak_memory(gpu: bool = False) -> None:
+    """Start a new memory peak: the CUDA allocator's with ``gpu``, else the process's peak RSS (Linux:
+    write 5 to ``/proc/self/clear_refs``)."""
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+        return
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory_mb() -> float | None:
-    """The peak since :func:`reset_peak_memory`: CUDA's allocated bytes on a GPU, else the process's peak
-    RSS (``VmHWM``; None where ``/proc`` has none)."""
-    if torch.cuda.is_available():
+def peak_memory_mb(gpu: bool = False) -> float | None:
+    """The peak since :func:`reset_peak_memory`: CUDA's allocated bytes with ``gpu`` (the run is on the
+    GPU), else the process's peak RSS (``VmHWM``; None where ``/proc`` has none)."""
+    if gpu:
         return torch.cuda.max_memory_allocated() / 2**20
     try:
         status = Path("/proc/self/status").read_text()
@@ -277,6 +278,7 @@ def measure_training(
     """Ratios (a), (b) and the FLOPs of (c) at ``size``: the engine, the bare step and the loader,
     interleaved; and the peak memory of the three."""
     device = {} if size == "default" else {"device": CPU}
+    gpu = size == "default" and torch.cuda.is_available()  # the bundle's own device
     workflow = ConfigWorkflow(
         config_file=config_path(bundle, "train.json"),
         meta_file=config_path(bundle, "metadata.json"),
@@ -314,11 +316,11 @@ def measure_training(
         return (time.perf_counter() - start) / samples
 
     step = bare_step(trainer, batch)
-    reset_peak_memory()
+    reset_peak_memory(gpu)
     times = interleaved(
         "train", {"engine": engine_iteration, "bare": step, "loader": loader_pass}, repeats, warmup
     )
-    peak_mb = peak_memory_mb()
+    peak_mb = peak_memory_mb(gpu)
     flops = step_flops(step)
     workflow.finalize()
     return {

@@ -252,10 +252,11 @@ def main(
     work = out_dir / "data_work"
     started = time.perf_counter()
     base = base_store(work, pixdim)
-    rows = []
+    rows, inputs = [], {}
     for n in sizes:
         datalist = linked_datalist(work, n)
         store = replicated_store(base, datalist, work / f"store_{n}")
+        inputs[n] = datalist, store
         row = {"n": n}
         for path in PATHS:
             if path == "nifti_cached" and n > nifti_cached_max:
@@ -265,13 +266,8 @@ def main(
             row.update({f"{path}_{key}": value for key, value in result.items()})
             print(f"    {result}", flush=True)
         rows.append(row)
-    smallest = linked_datalist(work, sizes[0])
-    store = replicated_store(base, smallest, work / f"store_{sizes[0]}")
-    loader, model = throughput(smallest, store, throughput_sizes, repeats, warmup, samples)
-    volumes = [
-        base / store_files.read_record(base, item_id(i, item))["image"]
-        for i, item in enumerate(json.loads(linked_datalist(work, 2).read_text())["training"])
-    ]
+    loader, model = throughput(*inputs[sizes[0]], throughput_sizes, repeats, warmup, samples)
+    volumes = sorted((base / store_files.VOLUMES_DIR).glob("*_image.b2nd"))  # the two CTs' volumes
     store_mb, nifti_mb = size_mb(volumes), size_mb(chest_ct_files())
     lines = data_tables(rows, loader, model, store_mb, nifti_mb, startup_sizes, throughput_sizes, sizes[0])
     minutes = (time.perf_counter() - started) / 60

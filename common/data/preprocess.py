@@ -48,7 +48,7 @@ from ..transforms.ssl import NormalizeByModalityd
 from . import cache, store
 from .checked_loading import CheckedLoadd
 from .fetch import sha256sum
-from .validation import Datalist, check_sample
+from .validation import Datalist, check_sample, voxel_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _write_item(out_dir: Path, ident: str, index: int, data: Mapping, settings: 
         "image": paths["image"],
         "shape": list(array.shape),
         "dtype": settings["dtype"],
-        "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+        "spacing": voxel_spacing(affine).round(6).tolist(),
         "affine": affine.tolist(),
         "intensity": {"raw": raw, "stored": store.intensity_stats(array)},
         "foreground_box": store.bounding_box((array > 0).any(axis=0)),

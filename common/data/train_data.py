@@ -48,7 +48,7 @@ from ..transforms.ssl import POOL_CT_WINDOW
 from .checked_loading import with_content_check
 from .patch_dataset import store_records
 from .store import MANIFEST_NAME, load_manifest
-from .validation import header_grid
+from .validation import header_grid, voxel_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,14 @@ def check_store_settings(path: str, pipeline: Mapping, expect: Mapping) -> None:
             )
 
 
+def pipeline_steps(transform: Callable) -> list:
+    """The steps of ``transform``, nested ``Compose`` flattened."""
+    return list(transform.flatten().transforms) if isinstance(transform, Compose) else [transform]
+
+
 def store_expectations(transform: Callable) -> list[dict]:
     """The ``expect`` settings of the store-reading steps of ``transform``; ValueError when none reads it."""
-    steps = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
+    steps = pipeline_steps(transform)
     found = [step.expect for step in steps if hasattr(step, "expect")]
     if not found:
         raise ValueError(
@@ -93,8 +98,7 @@ def store_expectations(transform: Callable) -> list[dict]:
 
 def pipeline_spacing(transform: Callable) -> tuple[float, ...] | None:
     """The ``pixdim`` of the first resampling step (``Spacingd``) of ``transform``; None without one."""
-    steps = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
-    for step in steps:
+    for step in pipeline_steps(transform):
         if isinstance(step, Spacingd):
             return tuple(float(v) for v in step.spacing_transform.pixdim)
     return None
@@ -117,7 +121,7 @@ def resampled_bytes(
         if key not in item:
             continue
         shape, affine = header_grid(item[key])
-        spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[: len(shape)]
+        spacing = voxel_spacing(affine, len(shape))
         target = spacing if pixdim is None else np.asarray(_padded(pixdim, len(shape)), dtype=float)
         total += int(np.prod(np.ceil(np.asarray(shape) * spacing / target))) * 4
     return total

@@ -190,6 +190,12 @@ def _monai_read(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     return tuple(image.shape[1:]), np.asarray(image.affine)
 
 
+def voxel_spacing(affine, spatial_dims: int = 3) -> np.ndarray:
+    """The voxel spacing of an affine: the lengths of its first ``spatial_dims`` columns."""
+    affine = np.asarray(affine, dtype=float)
+    return np.linalg.norm(affine[:spatial_dims, :spatial_dims], axis=0)
+
+
 @lru_cache(maxsize=4096)
 def _checked_header(path: str, size: int, mtime_ns: int, spatial_dims: int) -> Grid:
     """Read the header of the image at ``path`` and check it; return its spatial shape and affine.
@@ -206,7 +212,7 @@ def _checked_header(path: str, size: int, mtime_ns: int, spatial_dims: int) -> G
         raise ValueError(f"{path} is not a readable image ({type(err).__name__}: {err})") from err
     spatial, affine = grid
     check_dims(path, spatial, spatial_dims)
-    spacing = np.linalg.norm(affine[:spatial_dims, :spatial_dims], axis=0)
+    spacing = voxel_spacing(affine, spatial_dims)
     if not (np.isfinite(affine).all() and (spacing > 0).all()):
         raise ValueError(
             f"{path} has a zero or non-finite voxel spacing (affine {np.round(affine, 3).tolist()})"
